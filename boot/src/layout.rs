@@ -1,0 +1,129 @@
+//! Every guest-physical address and size the VMM uses, in one place.
+//!
+//! Low memory (below 1 MiB) holds the boot structures; the kernel is loaded at 1 MiB; the
+//! 32-bit MMIO gap `[3 GiB, 4 GiB)` holds the interrupt controllers and virtio-mmio devices, and
+//! RAM that does not fit below the gap continues at 4 GiB.
+//!
+//! ```text
+//! 0x0000_0500  boot GDT                      0x0000_0528  boot IDT (empty)
+//! 0x0000_6000  PVH hvm_start_info, memmap, modlist
+//! 0x0000_7000  Linux zero page (boot_params) 0x0000_8ff0  boot stack pointer
+//! 0x0000_9000  PML4   0x0000_a000  PDPT      0x0000_b000..0x0000_f000  4 page directories
+//! 0x0002_0000  kernel command line (64 KiB)
+//! 0x0009_fc00  EBDA: MP floating pointer + MP configuration table
+//! 0x000a_0000  end of conventional memory (legacy VGA/BIOS hole up to 1 MiB)
+//! 0x0010_0000  kernel
+//! 0xc000_0000  32-bit MMIO gap: virtio-mmio at 0xd000_0000, IOAPIC, local APIC
+//! 0x1_0000_0000 RAM above 4 GiB
+//! ```
+
+use vm_memory::GuestAddress;
+
+/// Boot GDT (see [`crate::gdt::BOOT_GDT`]): five 8-byte descriptors, `[0x500, 0x528)`.
+/// 0x500 is the first byte after the BIOS data area, which this VMM does not fill.
+pub const BOOT_GDT_START: GuestAddress = GuestAddress(0x500);
+
+/// Boot IDT: a single zero descriptor, loaded only so that IDTR is valid; the kernel installs its
+/// own IDT before enabling interrupts. Placed right after the five-entry GDT.
+pub const BOOT_IDT_START: GuestAddress = GuestAddress(0x528);
+
+/// PVH `hvm_start_info` (xen/include/public/arch-x86/hvm/start_info.h); its address is passed
+/// to the guest in `%ebx`. The memory map table and the module list follow in the same page.
+pub const PVH_INFO_START: GuestAddress = GuestAddress(0x6000);
+
+/// PVH memory map table (`hvm_memmap_table_entry` array), after the 56-byte `hvm_start_info`.
+pub const PVH_MEMMAP_START: GuestAddress = GuestAddress(0x6040);
+
+/// Room for [`PVH_MEMMAP_MAX_ENTRIES`] 24-byte memory map entries, up to [`PVH_MODLIST_START`].
+pub const PVH_MEMMAP_MAX_ENTRIES: usize = 32;
+
+/// PVH module list (`hvm_modlist_entry` array); the initrd, when present, is module 0.
+pub const PVH_MODLIST_START: GuestAddress = GuestAddress(0x6400);
+
+/// Linux zero page (`struct boot_params`, 4 KiB, Documentation/x86/zero-page.rst); its address
+/// is passed to the 64-bit entry point in `%rsi`.
+pub const ZERO_PAGE_START: GuestAddress = GuestAddress(0x7000);
+
+/// Initial stack pointer for the boot vCPU (`%rsp`/`%rbp`): grows down from just below the
+/// page tables, above the zero page.
+pub const BOOT_STACK_POINTER: GuestAddress = GuestAddress(0x8ff0);
+
+/// Page-map level 4 table of the boot identity mapping; the value for `%cr3`.
+pub const PML4_START: GuestAddress = GuestAddress(0x9000);
+
+/// The single page-directory-pointer table, covering the first 512 GiB.
+pub const PDPTE_START: GuestAddress = GuestAddress(0xa000);
+
+/// First of [`PDE_COUNT`] page directories of 2 MiB pages, `[0xb000, 0xf000)`: together they
+/// identity-map the first 4 GiB.
+pub const PDE_START: GuestAddress = GuestAddress(0xb000);
+
+/// Number of page directories at [`PDE_START`] (each maps 1 GiB).
+pub const PDE_COUNT: u64 = 4;
+
+/// Kernel command line, NUL-terminated.
+pub const CMDLINE_START: GuestAddress = GuestAddress(0x20000);
+
+/// Room for the command line at [`CMDLINE_START`], in bytes including the terminating NUL.
+pub const CMDLINE_MAX_SIZE: u64 = 0x10000;
+
+/// Extended BIOS data area. The MP floating pointer and configuration table live here: Linux
+/// scans the last KiB of base memory (639 KiB = 0x9fc00) for the `_MP_` signature
+/// (Intel MP spec 1.4 §4; arch/x86/kernel/mpparse.c `find_smp_config`).
+pub const EBDA_START: GuestAddress = GuestAddress(0x9fc00);
+
+/// End of conventional ("low") memory: the legacy VGA and BIOS area `[0xa0000, 1 MiB)` follows.
+pub const LOW_RAM_END: GuestAddress = GuestAddress(0xa0000);
+
+/// Start of high memory and the kernel load address (bzImage protected-mode code and the
+/// physical address a default `vmlinux` is linked at).
+pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
+
+/// Start of the 32-bit MMIO gap: no RAM between here and [`MMIO_GAP_END`].
+pub const MMIO_GAP_START: GuestAddress = GuestAddress(0xc000_0000);
+
+/// End (exclusive) of the 32-bit MMIO gap.
+pub const MMIO_GAP_END: GuestAddress = GuestAddress(0x1_0000_0000);
+
+/// Size of the 32-bit MMIO gap.
+pub const MMIO_GAP_SIZE: u64 = MMIO_GAP_END.0 - MMIO_GAP_START.0;
+
+/// First virtio-mmio device; each further device follows [`VIRTIO_MMIO_SIZE_EACH`] higher.
+pub const VIRTIO_MMIO_START: GuestAddress = GuestAddress(0xd000_0000);
+
+/// Size of one virtio-mmio device window (virtio 1.2 §4.2.2: registers, config space at 0x100).
+pub const VIRTIO_MMIO_SIZE_EACH: u64 = 0x1000;
+
+/// IOAPIC MMIO base (Linux arch/x86/include/asm/apicdef.h `IO_APIC_DEFAULT_PHYS_BASE`).
+pub const IOAPIC_START: GuestAddress = GuestAddress(0xfec0_0000);
+
+/// Local APIC MMIO base (Linux arch/x86/include/asm/apicdef.h `APIC_DEFAULT_PHYS_BASE`).
+pub const APIC_START: GuestAddress = GuestAddress(0xfee0_0000);
+
+/// First address above the 32-bit address space: RAM beyond [`MMIO_GAP_START`] continues here.
+pub const FIRST_ADDR_PAST_32BITS: GuestAddress = GuestAddress(0x1_0000_0000);
+
+/// Number of IOAPIC input pins (the KVM in-kernel IOAPIC has 24).
+pub const IOAPIC_NUM_PINS: u8 = 24;
+
+/// Legacy IRQ of the first serial port (COM1, I/O port 0x3f8).
+pub const SERIAL_IRQ: u32 = 4;
+
+// The layout must not overlap itself.
+const _: () = assert!(BOOT_GDT_START.0 + 5 * 8 <= BOOT_IDT_START.0);
+const _: () = assert!(BOOT_IDT_START.0 + 8 <= PVH_INFO_START.0);
+const _: () = assert!(PVH_INFO_START.0 + 56 <= PVH_MEMMAP_START.0);
+const _: () = assert!(
+    PVH_MEMMAP_START.0 + PVH_MEMMAP_MAX_ENTRIES as u64 * 24 <= PVH_MODLIST_START.0
+);
+const _: () = assert!(PVH_MODLIST_START.0 + 32 <= ZERO_PAGE_START.0);
+const _: () = assert!(ZERO_PAGE_START.0 + 0x1000 <= BOOT_STACK_POINTER.0);
+const _: () = assert!(BOOT_STACK_POINTER.0 < PML4_START.0);
+const _: () = assert!(PML4_START.0 + 0x1000 <= PDPTE_START.0);
+const _: () = assert!(PDPTE_START.0 + 0x1000 <= PDE_START.0);
+const _: () = assert!(PDE_START.0 + PDE_COUNT * 0x1000 <= CMDLINE_START.0);
+const _: () = assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE <= EBDA_START.0);
+const _: () = assert!(EBDA_START.0 < LOW_RAM_END.0 && LOW_RAM_END.0 <= HIMEM_START.0);
+const _: () = assert!(MMIO_GAP_START.0 <= VIRTIO_MMIO_START.0);
+const _: () = assert!(VIRTIO_MMIO_START.0 < IOAPIC_START.0 && IOAPIC_START.0 < APIC_START.0);
+const _: () = assert!(APIC_START.0 < MMIO_GAP_END.0);

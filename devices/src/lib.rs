@@ -1,0 +1,22 @@
+//! Device models for the VMM.
+//!
+//! This crate deliberately does not depend on `kvm-ioctls`: interrupts leave a device through
+//! [`vm_superio::Trigger`] (implemented here by [`interrupt::EventFdTrigger`], which the VMM
+//! registers as a KVM irqfd), so every test in this crate runs without `/dev/kvm`.
+//!
+//! - [`bus`]: one address bus type, used for both port I/O and MMIO (Firecracker style).
+//! - [`serial`]: the 16550 UART console (COM1), on top of `vm_superio::Serial`.
+//! - [`i8042`]: the one bit of the PS/2 controller a guest needs to reboot (`reboot=k`).
+//! - [`debug_port`]: port 0x80, where a guest writes a byte to mark a boot milestone.
+
+pub mod bus;
+pub mod debug_port;
+pub mod i8042;
+pub mod interrupt;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use debug_port::DebugPort;
+pub use i8042::I8042Device;
+pub use interrupt::EventFdTrigger;
+pub use serial::SerialDevice;

@@ -1,0 +1,396 @@
+//! Builds and runs a VM, in the order of the boot story: VM → memory → kernel and initrd →
+//! boot structures → devices → vCPUs → run until the guest or the user stops it.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use boot::{layout, loader, memory, mptable, paging, params};
+use devices::debug_port::DebugPort;
+use devices::i8042::I8042Device;
+use devices::interrupt::EventFdTrigger;
+use devices::serial::SerialDevice;
+use devices::Bus;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::Killable;
+
+use crate::exit::{ExitReason, VmExit};
+use crate::vcpu::{self, Vcpu};
+use crate::vm::{self, Vm};
+use crate::{cpuid, event_loop, signals, timeline};
+
+/// COM1: the 16550 UART's I/O ports and ISA IRQ.
+const COM1_PORT: u64 = 0x3f8;
+const COM1_PORT_LEN: u64 = 8;
+/// The i8042 keyboard controller, data port 0x60 to command/status port 0x64.
+const I8042_PORT: u64 = 0x60;
+const I8042_PORT_LEN: u64 = 5;
+/// POST/debug port: a guest writes a byte here to mark a milestone.
+const DEBUG_PORT: u64 = 0x80;
+
+/// How often vCPU threads that have not stopped yet are kicked again.
+const KICK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub cpus: u8,
+    pub kvm_path: PathBuf,
+}
+
+/// Errors while building or running a VM. `exit_code()` tells usage errors (2) from runtime
+/// errors (1).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--cpus {requested} is more than this host's KVM allows ({max})")]
+    TooManyCpus { requested: u8, max: usize },
+    #[error("--cpus {requested} is more than the MP table can describe ({max})")]
+    TooManyCpusForMpTable { requested: u8, max: u8 },
+    #[error("--memory {mib} MiB is more than this host has ({host_mib} MiB of RAM)")]
+    MemoryTooLarge { mib: u64, host_mib: u64 },
+    #[error("--memory {mib} MiB is too small: the VMM needs at least {min_mib} MiB")]
+    MemoryTooSmall { mib: u64, min_mib: u64 },
+    #[error("cannot open the kernel {path}")]
+    OpenKernel {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the kernel {path}")]
+    LoadKernel {
+        path: PathBuf,
+        #[source]
+        source: boot::Error,
+    },
+    #[error("cannot open the initrd {path}")]
+    OpenInitrd {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the initrd {path}")]
+    LoadInitrd {
+        path: PathBuf,
+        #[source]
+        source: boot::Error,
+    },
+    #[error("the kernel command line is invalid")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("cannot create {mib} MiB of guest memory")]
+    Memory {
+        mib: u64,
+        #[source]
+        source: boot::Error,
+    },
+    #[error("cannot write the boot structures into guest memory")]
+    BootStructures(#[source] boot::Error),
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    #[error("cannot set up {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot attach {what} to the I/O bus")]
+    Bus {
+        what: &'static str,
+        #[source]
+        source: devices::BusError,
+    },
+    #[error("cannot connect the {what} interrupt (KVM irqfd for GSI {gsi})")]
+    Irqfd {
+        what: &'static str,
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("the event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+}
+
+impl Error {
+    /// 2 when the command line asks for something impossible (a value beyond the host's
+    /// limits, a file that is not usable as asked), 1 when the VM fails at runtime.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::TooManyCpus { .. }
+            | Error::TooManyCpusForMpTable { .. }
+            | Error::MemoryTooLarge { .. }
+            | Error::MemoryTooSmall { .. }
+            | Error::OpenKernel { .. }
+            | Error::LoadKernel { .. }
+            | Error::OpenInitrd { .. }
+            | Error::LoadInitrd { .. }
+            | Error::Cmdline(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The port-I/O and MMIO buses shared by all vCPUs.
+pub struct IoBuses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+/// The host's RAM in MiB (sysinfo), or None when it cannot be read.
+fn host_ram_mib() -> Option<u64> {
+    // SAFETY: sysinfo is plain old data, filled in by the call.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a sysinfo we own.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    Some((info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) >> 20)
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    let file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Checks the user's values against the host before anything is created.
+fn check_limits(config: &VmConfig, vm: &Vm) -> Result<(), Error> {
+    if usize::from(config.cpus) > vm.max_vcpus {
+        return Err(Error::TooManyCpus {
+            requested: config.cpus,
+            max: vm.max_vcpus,
+        });
+    }
+    if config.cpus > mptable::MAX_SUPPORTED_CPUS {
+        return Err(Error::TooManyCpusForMpTable {
+            requested: config.cpus,
+            max: mptable::MAX_SUPPORTED_CPUS,
+        });
+    }
+    let min_mib = memory::MIN_MEM_SIZE >> 20;
+    if config.memory_mib < min_mib {
+        return Err(Error::MemoryTooSmall {
+            mib: config.memory_mib,
+            min_mib,
+        });
+    }
+    if let Some(host_mib) = host_ram_mib() {
+        if config.memory_mib > host_mib {
+            return Err(Error::MemoryTooLarge {
+                mib: config.memory_mib,
+                host_mib,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Builds the VM described by `config`, runs it to the end, and says why it ended.
+pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
+    let signal_evt = signals::install().map_err(|source| Error::Io {
+        what: "signal handling",
+        source,
+    })?;
+
+    let vm = Vm::new(&config.kvm_path)?;
+    check_limits(config, &vm)?;
+    timeline::mark("VM created");
+
+    let mem_size = config.memory_mib << 20;
+    let mem = memory::create_guest_memory(mem_size).map_err(|source| Error::Memory {
+        mib: config.memory_mib,
+        source,
+    })?;
+    vm.register_memory(&mem)?;
+    timeline::mark("memory mapped");
+
+    let mut kernel_file = open(&config.kernel).map_err(|source| Error::OpenKernel {
+        path: config.kernel.clone(),
+        source,
+    })?;
+    let kernel = loader::load_kernel(&mem, &mut kernel_file).map_err(|source| {
+        Error::LoadKernel {
+            path: config.kernel.clone(),
+            source,
+        }
+    })?;
+    let initrd = match &config.initrd {
+        Some(path) => {
+            let mut file = open(path).map_err(|source| Error::OpenInitrd {
+                path: path.clone(),
+                source,
+            })?;
+            Some(
+                loader::load_initrd(&mem, &mut file, &kernel).map_err(|source| {
+                    Error::LoadInitrd {
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
+            )
+        }
+        None => None,
+    };
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
+    cmdline.insert_str(&config.cmdline).map_err(Error::Cmdline)?;
+    timeline::mark("kernel and initrd loaded");
+
+    params::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), mem_size)
+        .map_err(Error::BootStructures)?;
+    mptable::setup_mptable(&mem, config.cpus).map_err(Error::BootStructures)?;
+    boot::gdt::write_gdt_and_idt(&mem).map_err(Error::BootStructures)?;
+    paging::setup_identity_paging(&mem).map_err(Error::BootStructures)?;
+
+    let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
+        what: "the VM exit event",
+        source,
+    })?);
+    let (io, serial, reset_evt) = create_devices(&vm)?;
+
+    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+    for index in 0..config.cpus {
+        let vcpu = Vcpu::new(&vm.fd, index)?;
+        let cpuid = cpuid::normalize(&vm.supported_cpuid, index, config.cpus);
+        let entry = (index == 0).then_some(kernel.entry);
+        vcpu.configure(&cpuid, entry)?;
+        vcpus.push(vcpu);
+    }
+    timeline::mark("vCPUs configured");
+
+    let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(Error::EventLoop)?;
+    manager.add_subscriber(Arc::new(Mutex::new(event_loop::ExitWatcher::new(
+        exit.clone(),
+        reset_evt,
+        signal_evt,
+    ))));
+    manager.add_subscriber(Arc::new(Mutex::new(event_loop::StdinInput::new(serial))));
+
+    let _raw_mode = crate::terminal::RawModeGuard::new().map_err(|source| Error::Io {
+        what: "the terminal (raw mode)",
+        source,
+    })?;
+    let threads = start_vcpus(vcpus, &io, &mem, &exit)?;
+
+    while !exit.stopping() {
+        manager.run().map_err(Error::EventLoop)?;
+    }
+    stop_vcpus(threads);
+    timeline::mark("guest exit");
+    // Guest memory is dropped only now, after every vCPU thread has ended.
+    drop(mem);
+    Ok(exit
+        .reason()
+        .unwrap_or_else(|| ExitReason::Error("the VM stopped for no recorded reason".into())))
+}
+
+fn create_devices(vm: &Vm) -> Result<(Arc<IoBuses>, Arc<Mutex<SerialDevice>>, EventFd), Error> {
+    let io_err = |what| move |source| Error::Io { what, source };
+    let bus_err = |what| move |source| Error::Bus { what, source };
+    let mut pio = Bus::default();
+
+    let serial_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
+    vm.fd
+        .register_irqfd(&serial_evt, u32::from(layout::SERIAL_IRQ))
+        .map_err(|source| Error::Irqfd {
+            what: "serial",
+            gsi: u32::from(layout::SERIAL_IRQ),
+            source,
+        })?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger::new(serial_evt),
+        Box::new(crate::console::ConsoleOutput::new()),
+    )));
+    pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)
+        .map_err(bus_err("the serial port"))?;
+
+    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the i8042 reset line"))?;
+    let i8042 = I8042Device::new(
+        reset_evt
+            .try_clone()
+            .map_err(io_err("the i8042 reset line"))?,
+    );
+    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)
+        .map_err(bus_err("the i8042 controller"))?;
+
+    let debug = DebugPort::new(Box::new(|value| {
+        timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
+    }));
+    pio.insert(Arc::new(Mutex::new(debug)), DEBUG_PORT, 1)
+        .map_err(bus_err("the debug port"))?;
+
+    let io = Arc::new(IoBuses {
+        pio,
+        mmio: Bus::default(),
+    });
+    Ok((io, serial, reset_evt))
+}
+
+fn start_vcpus(
+    vcpus: Vec<Vcpu>,
+    io: &Arc<IoBuses>,
+    mem: &GuestMemoryMmap,
+    exit: &Arc<VmExit>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let (io, mem, vm_exit) = (io.clone(), mem.clone(), exit.clone());
+        let index = vcpu.index;
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                if index == 0 {
+                    timeline::mark("first vCPU entry");
+                }
+                vcpu.run(io, mem, vm_exit)
+            });
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(source) => {
+                exit.request(ExitReason::Error(format!("cannot start vCPU {index}")));
+                stop_vcpus(threads);
+                return Err(Error::Io {
+                    what: "a vCPU thread",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(threads)
+}
+
+/// Kicks every vCPU thread out of `KVM_RUN` until all have returned, then joins them.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    loop {
+        let running: Vec<&JoinHandle<()>> = threads.iter().filter(|t| !t.is_finished()).collect();
+        if running.is_empty() {
+            break;
+        }
+        for thread in running {
+            if let Err(e) = thread.kill(signals::kick_signal()) {
+                log::debug!("cannot kick a vCPU thread: {e}");
+            }
+        }
+        std::thread::sleep(KICK_INTERVAL);
+    }
+    for thread in threads {
+        if thread.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! vmm: a small, fast, readable KVM virtual machine monitor.
+//!
+//! The boot path, in order: [`cli`] parses the options, [`builder::run_vm`] opens KVM and
+//! creates the VM ([`vm`]), maps guest memory and loads the kernel (the `boot` crate), creates
+//! the devices (the `devices` crate) and the vCPUs ([`vcpu`], with [`cpuid`]), then runs the
+//! [`event_loop`] on the main thread until the VM stops ([`exit`]).
+
+pub mod builder;
+pub mod cli;
+pub mod console;
+pub mod cpuid;
+pub mod event_loop;
+pub mod exit;
+pub mod signals;
+pub mod terminal;
+pub mod timeline;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,425 @@
+//! vCPUs: registers, CPUID, MSRs, FPU and LAPIC set up for the kernel's entry, and the run
+//! loop that sends port and MMIO exits to the buses.
+
+use std::sync::Arc;
+
+use boot::gdt::{self, Segment};
+use boot::layout;
+use boot::loader::EntryPoint;
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
+    KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::exit::{ExitReason, VmExit};
+
+// Control-register and EFER bits (Intel SDM Vol. 3A, 2.5 and 2.2.1).
+const X86_CR0_PE: u64 = 1 << 0;
+const X86_CR0_ET: u64 = 1 << 4;
+const X86_CR0_PG: u64 = 1 << 31;
+const X86_CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// RFLAGS bit 1 is reserved and always set.
+const RFLAGS_RESERVED: u64 = 1 << 1;
+
+// MSRs written at reset (Intel SDM Vol. 4).
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+/// MISC_ENABLE bit 0: fast string operations.
+const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// MTRRdefType: MTRRs enabled (bit 11), default memory type write-back (6).
+const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+// Local APIC register offsets and LVT delivery modes (Intel SDM Vol. 3A, 10.5.1).
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+/// FPU control word and MXCSR values at reset (Intel SDM Vol. 1, 8.1.5 and 10.2.3.1).
+const FPU_FCW_RESET: u16 = 0x37f;
+const MXCSR_RESET: u32 = 0x1f80;
+
+/// Errors while creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create vCPU {index}")]
+    Create {
+        index: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot configure vCPU {index} ({what})")]
+    Configure {
+        index: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM accepted only {set} of the {wanted} boot MSRs on vCPU {index} (first refused: {refused:#x})")]
+    Msrs {
+        index: u8,
+        set: usize,
+        wanted: usize,
+        refused: u32,
+    },
+    #[error("cannot build the MSR list")]
+    MsrList,
+}
+
+/// A vCPU before it runs.
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+}
+
+fn kvm_segment(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: s.unusable,
+        padding: 0,
+    }
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, index: u8) -> Result<Self, Error> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| Error::Create { index, source })?;
+        Ok(Vcpu { index, fd })
+    }
+
+    fn configure_err(&self, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+        let index = self.index;
+        move |source| Error::Configure {
+            index,
+            what,
+            source,
+        }
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC on every vCPU; the boot processor (index 0) also gets
+    /// the registers for the kernel's entry. Application processors wait in the in-kernel
+    /// LAPIC for the guest's INIT/SIPI.
+    pub fn configure(&self, cpuid: &CpuId, entry: Option<EntryPoint>) -> Result<(), Error> {
+        self.fd
+            .set_cpuid2(cpuid)
+            .map_err(self.configure_err("KVM_SET_CPUID2"))?;
+        self.set_msrs()?;
+        let fpu = kvm_fpu {
+            fcw: FPU_FCW_RESET,
+            mxcsr: MXCSR_RESET,
+            ..Default::default()
+        };
+        self.fd
+            .set_fpu(&fpu)
+            .map_err(self.configure_err("KVM_SET_FPU"))?;
+        self.set_lint()?;
+        if let Some(entry) = entry {
+            self.set_boot_registers(entry)?;
+        }
+        Ok(())
+    }
+
+    fn set_msrs(&self) -> Result<(), Error> {
+        let entries: Vec<kvm_msr_entry> = [
+            (MSR_IA32_SYSENTER_CS, 0),
+            (MSR_IA32_SYSENTER_ESP, 0),
+            (MSR_IA32_SYSENTER_EIP, 0),
+            (MSR_STAR, 0),
+            (MSR_CSTAR, 0),
+            (MSR_KERNEL_GS_BASE, 0),
+            (MSR_SYSCALL_MASK, 0),
+            (MSR_LSTAR, 0),
+            (MSR_IA32_TSC, 0),
+            (MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
+            (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
+        ]
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| Error::MsrList)?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.configure_err("KVM_SET_MSRS"))?;
+        if set != entries.len() {
+            return Err(Error::Msrs {
+                index: self.index,
+                set,
+                wanted: entries.len(),
+                refused: entries[set].index,
+            });
+        }
+        Ok(())
+    }
+
+    /// LINT0 delivers ExtINT (the PIC), LINT1 delivers NMI, as the MP table says.
+    fn set_lint(&self) -> Result<(), Error> {
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(self.configure_err("KVM_GET_LAPIC"))?;
+        for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+            let value = u32::from_le_bytes(bytes);
+            // Delivery mode is bits 10:8.
+            let value = (value & !0x700) | (mode << 8);
+            for (i, b) in value.to_le_bytes().iter().enumerate() {
+                lapic.regs[reg + i] = *b as _;
+            }
+        }
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.configure_err("KVM_SET_LAPIC"))
+    }
+
+    fn set_boot_registers(&self, entry: EntryPoint) -> Result<(), Error> {
+        let mut sregs: kvm_sregs = self
+            .fd
+            .get_sregs()
+            .map_err(self.configure_err("KVM_GET_SREGS"))?;
+        let table = &gdt::BOOT_GDT;
+        let seg = |selector: u16| {
+            let index = (selector >> 3) as u8;
+            kvm_segment(&gdt::segment_from_entry(table[usize::from(index)], index))
+        };
+        sregs.gdt.base = layout::BOOT_GDT_START.0;
+        sregs.gdt.limit = (std::mem::size_of_val(table) - 1) as u16;
+        sregs.idt.base = layout::BOOT_IDT_START.0;
+        sregs.idt.limit = 7;
+        let data = seg(gdt::DATA_SELECTOR);
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = seg(gdt::TSS_SELECTOR);
+        let mut regs = kvm_regs {
+            rflags: RFLAGS_RESERVED,
+            ..Default::default()
+        };
+        match entry {
+            EntryPoint::Long64(rip) => {
+                // 64-bit boot protocol: long mode, identity paging, %rsi = zero page.
+                sregs.cs = seg(gdt::CODE64_SELECTOR);
+                sregs.cr3 = layout::PML4_START.0;
+                sregs.cr4 |= X86_CR4_PAE;
+                sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+                sregs.efer |= EFER_LME | EFER_LMA;
+                regs.rip = rip.0;
+                regs.rsi = layout::ZERO_PAGE_START.0;
+                regs.rsp = layout::BOOT_STACK_POINTER.0;
+                regs.rbp = layout::BOOT_STACK_POINTER.0;
+            }
+            EntryPoint::Pvh(rip) => {
+                // PVH boot ABI: 32-bit protected mode, paging off, %ebx = hvm_start_info.
+                sregs.cs = seg(gdt::CODE32_SELECTOR);
+                sregs.cr0 = (sregs.cr0 | X86_CR0_PE | X86_CR0_ET) & !X86_CR0_PG;
+                sregs.cr4 = 0;
+                sregs.efer = 0;
+                regs.rip = rip.0;
+                regs.rbx = layout::PVH_INFO_START.0;
+            }
+        }
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(self.configure_err("KVM_SET_SREGS"))?;
+        self.fd
+            .set_regs(&regs)
+            .map_err(self.configure_err("KVM_SET_REGS"))
+    }
+
+    /// Runs the vCPU until the VM stops. Every way out records an `ExitReason` first.
+    pub fn run(mut self, io: Arc<crate::builder::IoBuses>, mem: GuestMemoryMmap, exit: Arc<VmExit>) {
+        let cpu = self.index;
+        loop {
+            if exit.stopping() {
+                return;
+            }
+            let reason = match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    io.pio.write(u64::from(port), data);
+                    continue;
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    io.pio.read_or_ff(u64::from(port), data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    io.mmio.write(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    io.mmio.read_or_ff(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::Shutdown) => ExitReason::TripleFault { cpu },
+                Ok(VcpuExit::SystemEvent(kind, _)) => ExitReason::SystemEvent { cpu, kind },
+                Ok(VcpuExit::Hlt) => {
+                    // With the in-kernel LAPIC, KVM handles HLT itself; an HLT exit means
+                    // the guest halted for good.
+                    ExitReason::Error(format!("vCPU {cpu} halted (KVM_EXIT_HLT)"))
+                }
+                Ok(VcpuExit::InternalError) => self.internal_error(&mem),
+                Ok(VcpuExit::FailEntry(hw_reason, _)) => ExitReason::Error(format!(
+                    "vCPU {cpu}: KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {hw_reason:#x}) at {}{}",
+                    self.where_and_bytes(&mem),
+                    pvm_hint()
+                )),
+                Ok(other) => ExitReason::Error(format!(
+                    "vCPU {cpu}: unexpected KVM exit {other:?} at {}",
+                    self.where_and_bytes(&mem)
+                )),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
+                Err(e) => ExitReason::Error(format!("vCPU {cpu}: KVM_RUN failed: {e}")),
+            };
+            exit.request(reason);
+            return;
+        }
+    }
+
+    fn internal_error(&mut self, mem: &GuestMemoryMmap) -> ExitReason {
+        let cpu = self.index;
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+        // member of the exit-information union.
+        let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+        let (suberror, ndata) = (internal.suberror, internal.ndata as usize);
+        let data = &internal.data[..ndata.min(internal.data.len())];
+        // With KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[1] is the length
+        // and data[2..4] the instruction bytes (Documentation/virt/kvm/api.rst).
+        let kvm_bytes = (suberror == KVM_INTERNAL_ERROR_EMULATION
+            && data.len() >= 3
+            && data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0)
+            .then(|| {
+                let len = (data[1] as usize).min(16);
+                let raw: Vec<u8> = data[2..]
+                    .iter()
+                    .flat_map(|w| w.to_le_bytes())
+                    .take(len)
+                    .collect();
+                raw
+            });
+        let what = match suberror {
+            KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "simultaneous exceptions",
+            kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failure",
+            kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
+            _ => "unknown",
+        };
+        let location = match kvm_bytes {
+            Some(bytes) if !bytes.is_empty() => {
+                let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
+                format!("RIP {rip:#x}, instruction bytes {}", hex(&bytes))
+            }
+            _ => self.where_and_bytes(mem),
+        };
+        ExitReason::Error(format!(
+            "vCPU {cpu}: KVM_EXIT_INTERNAL_ERROR, suberror {suberror} ({what}), at {location}{}",
+            pvm_hint()
+        ))
+    }
+
+    /// "RIP 0x…, instruction bytes …", reading the bytes from guest memory through the
+    /// vCPU's own address translation.
+    fn where_and_bytes(&self, mem: &GuestMemoryMmap) -> String {
+        let Ok(regs) = self.fd.get_regs() else {
+            return "an unknown RIP (KVM_GET_REGS failed)".to_string();
+        };
+        let linear = self
+            .fd
+            .get_sregs()
+            .map(|s| s.cs.base.wrapping_add(regs.rip))
+            .unwrap_or(regs.rip);
+        let bytes = self
+            .fd
+            .translate_gva(linear)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .and_then(|t| {
+                let mut buf = [0u8; 16];
+                mem.read_slice(&mut buf, GuestAddress(t.physical_address))
+                    .ok()
+                    .map(|_| buf)
+            });
+        match bytes {
+            Some(b) => format!("RIP {:#x}, instruction bytes {}", regs.rip, hex(&b)),
+            None => format!(
+                "RIP {:#x} (instruction bytes unavailable: address not in guest memory)",
+                regs.rip
+            ),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Where `/sys/module/kvm_pvm` exists, KVM is a software nested hypervisor.
+pub const KVM_PVM_MODULE: &str = "/sys/module/kvm_pvm";
+
+/// On hosts whose KVM is PVM, explains that the host emulates guest kernel code.
+fn pvm_hint() -> &'static str {
+    if std::path::Path::new(KVM_PVM_MODULE).exists() {
+        "\nnote: this host's KVM is PVM (/sys/module/kvm_pvm exists): it emulates guest kernel \
+         code instruction by instruction and does not implement every instruction, so a stock \
+         kernel stops in early boot here; run on a host with hardware virtualization (VT-x/AMD-V)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_formats_bytes() {
+        assert_eq!(hex(&[0xcc, 0x0f, 0x0b]), "cc 0f 0b");
+        assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
+    fn segments_convert_field_by_field() {
+        let s = gdt::segment_from_entry(gdt::BOOT_GDT[1], 1);
+        let k = kvm_segment(&s);
+        assert_eq!(k.selector, 0x08);
+        assert_eq!(k.l, 1);
+        assert_eq!(k.present, 1);
+        assert_eq!(k.limit, 0xffff_ffff);
+    }
+}

@@ -1,0 +1,194 @@
+/* Serial, printing and command-line helpers shared by the 32-bit PVH guest and the
+ * 64-bit long-mode guest. Plain integer code only (the guests may be emulated). */
+#include "common.h"
+
+#define UART_THR 0 /* transmit holding (write), DLAB=0 */
+#define UART_RBR 0 /* receive buffer (read), DLAB=0 */
+#define UART_DLL 0 /* divisor latch low, DLAB=1 */
+#define UART_IER 1
+#define UART_DLM 1 /* divisor latch high, DLAB=1 */
+#define UART_FCR 2
+#define UART_LCR 3
+#define UART_MCR 4
+#define UART_LSR 5
+#define LSR_DR 0x01   /* data ready */
+#define LSR_THRE 0x20 /* transmit holding register empty */
+
+void serial_init(void)
+{
+    outb(COM1 + UART_IER, 0x00);  /* no interrupts */
+    outb(COM1 + UART_LCR, 0x80);  /* DLAB on */
+    outb(COM1 + UART_DLL, 0x01);  /* divisor 1: 115200 baud */
+    outb(COM1 + UART_DLM, 0x00);
+    outb(COM1 + UART_LCR, 0x03);  /* 8N1, DLAB off */
+    outb(COM1 + UART_FCR, 0xc7);  /* FIFO on, clear both, 14-byte trigger */
+    outb(COM1 + UART_MCR, 0x03);  /* DTR, RTS */
+}
+
+void serial_putc(char c)
+{
+    while (!(inb(COM1 + UART_LSR) & LSR_THRE))
+        cpu_relax();
+    outb(COM1 + UART_THR, (u8)c);
+}
+
+int serial_getc(void)
+{
+    while (!(inb(COM1 + UART_LSR) & LSR_DR))
+        cpu_relax();
+    return inb(COM1 + UART_RBR);
+}
+
+void serial_write(const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        serial_putc(buf[i]);
+}
+
+void print(const char *s)
+{
+    while (*s)
+        serial_putc(*s++);
+}
+
+static const char hexdig[] = "0123456789abcdef";
+
+void print_hex(u64 v)
+{
+    char buf[18];
+    buf[0] = '0';
+    buf[1] = 'x';
+    for (int i = 0; i < 16; i++)
+        buf[2 + i] = hexdig[(u32)(v >> (60 - 4 * i)) & 0xf];
+    serial_write(buf, sizeof buf);
+}
+
+void print_hex32(u32 v)
+{
+    char buf[10];
+    buf[0] = '0';
+    buf[1] = 'x';
+    for (int i = 0; i < 8; i++)
+        buf[2 + i] = hexdig[(v >> (28 - 4 * i)) & 0xf];
+    serial_write(buf, sizeof buf);
+}
+
+void print_dec(u32 v)
+{
+    char buf[10];
+    int n = 0;
+    do {
+        buf[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        serial_putc(buf[--n]);
+}
+
+size_t strlen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+int str_eq(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+int cmdline_get(const char *p, const char *key, char *buf, size_t len)
+{
+    size_t klen = strlen(key);
+    if (!p)
+        return 0;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == '\n')
+            p++;
+        if (!*p)
+            break;
+        const char *tok = p;
+        while (*p && *p != ' ' && *p != '\t' && *p != '\n')
+            p++;
+        size_t tlen = (size_t)(p - tok);
+        size_t i = 0;
+        while (i < klen && i < tlen && tok[i] == key[i])
+            i++;
+        if (i == klen && tlen > klen && tok[klen] == '=') {
+            size_t n = 0;
+            for (const char *v = tok + klen + 1; v < p && n + 1 < len; v++)
+                buf[n++] = *v;
+            buf[n] = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+u32 cmdline_get_u32(const char *cmdline, const char *key, u32 def)
+{
+    char buf[24];
+    if (!cmdline_get(cmdline, key, buf, sizeof buf) || !buf[0])
+        return def;
+    u32 v = 0;
+    const char *s = buf;
+    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        s += 2;
+        if (!*s)
+            return def;
+        for (; *s; s++) {
+            u32 d;
+            if (*s >= '0' && *s <= '9')
+                d = (u32)(*s - '0');
+            else if (*s >= 'a' && *s <= 'f')
+                d = (u32)(*s - 'a' + 10);
+            else if (*s >= 'A' && *s <= 'F')
+                d = (u32)(*s - 'A' + 10);
+            else
+                return def;
+            v = v * 16 + d;
+        }
+        return v;
+    }
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return def;
+        v = v * 10 + (u32)(*s - '0');
+    }
+    return v;
+}
+
+void halt_forever(void)
+{
+    for (;;)
+        __asm__ volatile("cli; hlt" : : : "memory");
+}
+
+void reboot(void)
+{
+    outb(DEBUG_PORT, 0x02);
+    outb(0x64, 0xfe); /* i8042: pulse the CPU reset line */
+    halt_forever();
+}
+
+void *memset(void *d, int c, size_t n)
+{
+    volatile u8 *p = d; /* volatile: keep gcc from turning this into a call to itself */
+    while (n--)
+        *p++ = (u8)c;
+    return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+    volatile u8 *p = d;
+    const u8 *q = s;
+    while (n--)
+        *p++ = *q++;
+    return d;
+}

@@ -1,0 +1,239 @@
+/*
+ * 32-bit PVH test guest. Behaviour is chosen by `test=NAME` on the command line
+ * (default `hello`); see README.md for the list and the exact output of each.
+ */
+#include "common.h"
+
+/* Xen public/arch-x86/hvm/start_info.h */
+#define XEN_HVM_START_MAGIC_VALUE 0x336ec578
+struct hvm_start_info {
+    u32 magic;           /* 0 */
+    u32 version;         /* 4 */
+    u32 flags;           /* 8 */
+    u32 nr_modules;      /* 12 */
+    u64 modlist_paddr;   /* 16 */
+    u64 cmdline_paddr;   /* 24 */
+    u64 rsdp_paddr;      /* 32 */
+    u64 memmap_paddr;    /* 40 */
+    u32 memmap_entries;  /* 48 */
+    u32 reserved;        /* 52 */
+} __attribute__((packed));
+
+struct hvm_memmap_table_entry {
+    u64 addr;
+    u64 size;
+    u32 type;
+    u32 reserved;
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct hvm_start_info) == 56, "hvm_start_info layout");
+_Static_assert(sizeof(struct hvm_memmap_table_entry) == 24, "memmap entry layout");
+
+/* Real-mode AP trampoline (pvh_entry.S), copied below 1 MiB. */
+extern const char ap_tramp_start[], ap_tramp_end[];
+#define AP_TRAMP_ADDR 0x30000u
+#define AP_LOCK_OFF 4
+#define AP_COUNT_OFF 8
+
+#define LAPIC_BASE 0xfee00000u
+#define LAPIC_ICR_LO 0x300
+#define LAPIC_ICR_HI 0x310
+#define ICR_DELIVERY_PENDING (1u << 12)
+#define ICR_INIT_ALL_BUT_SELF 0x000c4500u
+#define ICR_SIPI_ALL_BUT_SELF 0x000c4600u
+
+void load_zero_idt(void);
+
+static const char *cmdline = "";
+
+/* A short delay whose length is set by VM exits rather than by instruction speed:
+ * each read of the UART's LSR traps to the VMM (microseconds on hardware, more when
+ * the guest is emulated). */
+static void io_delay(u32 n)
+{
+    while (n--)
+        (void)inb(COM1 + 5);
+}
+
+static u32 apic_id(void)
+{
+    u32 a = 1, b, c = 0, d;
+    __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+    return b >> 24;
+}
+
+static void lapic_icr(u32 lo)
+{
+    mmio_write32(LAPIC_BASE + LAPIC_ICR_HI, 0);
+    mmio_write32(LAPIC_BASE + LAPIC_ICR_LO, lo);
+    for (u32 i = 0; i < 100000 && (mmio_read32(LAPIC_BASE + LAPIC_ICR_LO) & ICR_DELIVERY_PENDING); i++)
+        cpu_relax();
+}
+
+static void test_hello(void)
+{
+    print("vmm-test-guest: hello from PVH guest\n");
+    print("cmdline: ");
+    print(cmdline);
+    print("\n");
+    reboot();
+}
+
+static void test_echo(void)
+{
+    print("echo: ready\n");
+    for (;;) {
+        int c = serial_getc();
+        if (c == 0x04)
+            break;
+        serial_putc((char)c);
+    }
+    print("\necho: done\n");
+    reboot();
+}
+
+static void test_smp(void)
+{
+    u32 cpus = cmdline_get_u32(cmdline, "cpus", 1);
+    u32 want = cpus ? cpus - 1 : 0;
+    volatile u32 *count = (volatile u32 *)(AP_TRAMP_ADDR + AP_COUNT_OFF);
+
+    print("cpu ");
+    print_dec(apic_id());
+    print(" online\n");
+
+    memcpy((void *)AP_TRAMP_ADDR, ap_tramp_start, (size_t)(ap_tramp_end - ap_tramp_start));
+    *(volatile u8 *)(AP_TRAMP_ADDR + AP_LOCK_OFF) = 0;
+    *count = 0;
+
+    if (want) {
+        lapic_icr(ICR_INIT_ALL_BUT_SELF);
+        io_delay(100);
+        lapic_icr(ICR_SIPI_ALL_BUT_SELF | (AP_TRAMP_ADDR >> 12));
+        io_delay(20);
+        lapic_icr(ICR_SIPI_ALL_BUT_SELF | (AP_TRAMP_ADDR >> 12));
+        /* Bounded wait, paced by VM exits: ~1 s on hardware KVM, longer when emulated. */
+        for (u32 i = 0; i < 200000 && *count < want; i++)
+            io_delay(1);
+    }
+    u32 got = *count;
+    if (got < want) {
+        print("smp: timeout, ");
+        print_dec(got);
+        print(" of ");
+        print_dec(want);
+        print(" APs\n");
+    }
+    print("smp: ");
+    print_dec(got + 1);
+    print(" cpus online\n");
+    reboot();
+}
+
+static void test_triple(void)
+{
+    print("triple: faulting\n");
+    load_zero_idt();
+    __asm__ volatile("ud2");
+    halt_forever();
+}
+
+static void test_int3(void)
+{
+    print("int3: trapping\n");
+    load_zero_idt();
+    __asm__ volatile("int3");
+    halt_forever();
+}
+
+static void test_spin(void)
+{
+    print("spin: ready\n");
+    __asm__ volatile("cli\n1: pause\njmp 1b" : : : "memory");
+    halt_forever();
+}
+
+static void test_halt(void)
+{
+    print("halt: ready\n");
+    halt_forever();
+}
+
+static void test_write(void)
+{
+    u32 n = cmdline_get_u32(cmdline, "bytes", 1048576);
+    print("write: ");
+    print_dec(n);
+    print(" bytes\n");
+    /* n bytes: lines of 63 letters a..z repeating plus '\n'; the last byte is
+     * always '\n' so that the next line starts clean. */
+    for (u32 i = 0; i < n; i++) {
+        u32 col = i & 63;
+        char c = col == 63 || i == n - 1 ? '\n' : (char)('a' + col % 26);
+        serial_putc(c);
+    }
+    print("write: done\n");
+    reboot();
+}
+
+static struct hvm_start_info *start_info;
+
+static void test_memmap(void)
+{
+    print("memmap: ");
+    print_dec(start_info->memmap_entries);
+    print(" entries\n");
+    const struct hvm_memmap_table_entry *e =
+        (const struct hvm_memmap_table_entry *)(uptr)start_info->memmap_paddr;
+    for (u32 i = 0; i < start_info->memmap_entries; i++) {
+        print("memmap: ");
+        print_hex(e[i].addr);
+        print(" ");
+        print_hex(e[i].size);
+        print(" ");
+        print_dec(e[i].type);
+        print("\n");
+    }
+    reboot();
+}
+
+void main(struct hvm_start_info *si)
+{
+    char test[32];
+
+    outb(DEBUG_PORT, 0x01);
+    serial_init();
+    start_info = si;
+    if (si->magic != XEN_HVM_START_MAGIC_VALUE) {
+        print("pvh: bad start_info magic ");
+        print_hex32(si->magic);
+        print("\n");
+    } else if (si->cmdline_paddr && si->cmdline_paddr < 0x100000000ull) {
+        cmdline = (const char *)(uptr)si->cmdline_paddr;
+    }
+
+    if (!cmdline_get(cmdline, "test", test, sizeof test))
+        test_hello();
+    if (str_eq(test, "hello"))
+        test_hello();
+    if (str_eq(test, "echo"))
+        test_echo();
+    if (str_eq(test, "smp"))
+        test_smp();
+    if (str_eq(test, "triple"))
+        test_triple();
+    if (str_eq(test, "int3"))
+        test_int3();
+    if (str_eq(test, "spin"))
+        test_spin();
+    if (str_eq(test, "halt"))
+        test_halt();
+    if (str_eq(test, "write"))
+        test_write();
+    if (str_eq(test, "memmap") && si->magic == XEN_HVM_START_MAGIC_VALUE)
+        test_memmap();
+    print("unknown test ");
+    print(test);
+    print("\n");
+    reboot();
+}
