@@ -44,7 +44,7 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub memory_mib: u64,
-    pub cpus: u8,
+    pub cpus: u16,
     pub kvm_path: PathBuf,
 }
 
@@ -53,9 +53,11 @@ pub struct VmConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("--cpus {requested} is more than this host's KVM allows ({max})")]
-    TooManyCpus { requested: u8, max: usize },
-    #[error("--cpus {requested} is more than the MP table can describe ({max})")]
-    TooManyCpusForMpTable { requested: u8, max: u8 },
+    TooManyCpus { requested: u16, max: usize },
+    #[error(
+        "--cpus {requested} is more than the VMM supports ({max}: the MP table's 8-bit APIC ids)"
+    )]
+    TooManyCpusForMpTable { requested: u16, max: u8 },
     #[error("--memory {mib} MiB is more than this host has ({host_mib} MiB of RAM)")]
     MemoryTooLarge { mib: u64, host_mib: u64 },
     #[error("--memory {mib} MiB is too small: the VMM needs at least {min_mib} MiB")]
@@ -168,15 +170,9 @@ fn open(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Checks the user's values against the host before anything is created.
-fn check_limits(config: &VmConfig, vm: &Vm) -> Result<(), Error> {
-    if usize::from(config.cpus) > vm.max_vcpus {
-        return Err(Error::TooManyCpus {
-            requested: config.cpus,
-            max: vm.max_vcpus,
-        });
-    }
-    if config.cpus > mptable::MAX_SUPPORTED_CPUS {
+/// Checks the user's values that need no KVM: CPU count, memory size against the host.
+fn check_config(config: &VmConfig) -> Result<(), Error> {
+    if config.cpus > u16::from(mptable::MAX_SUPPORTED_CPUS) {
         return Err(Error::TooManyCpusForMpTable {
             requested: config.cpus,
             max: mptable::MAX_SUPPORTED_CPUS,
@@ -200,61 +196,81 @@ fn check_limits(config: &VmConfig, vm: &Vm) -> Result<(), Error> {
     Ok(())
 }
 
+/// Opens the kernel and initrd and checks the kernel's format, before KVM is touched, so
+/// that a wrong path is reported as such on any host.
+fn open_inputs(config: &VmConfig) -> Result<(File, Option<File>), Error> {
+    let mut kernel = open(&config.kernel).map_err(|source| Error::OpenKernel {
+        path: config.kernel.clone(),
+        source,
+    })?;
+    loader::detect_format(&mut kernel).map_err(|source| Error::LoadKernel {
+        path: config.kernel.clone(),
+        source: source.into(),
+    })?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(open(path).map_err(|source| Error::OpenInitrd {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok((kernel, initrd))
+}
+
 /// Builds the VM described by `config`, runs it to the end, and says why it ended.
 pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
+    check_config(config)?;
+    let (mut kernel_file, initrd_file) = open_inputs(config)?;
     let signal_evt = signals::install().map_err(|source| Error::Io {
         what: "signal handling",
         source,
     })?;
 
     let vm = Vm::new(&config.kvm_path)?;
-    check_limits(config, &vm)?;
+    if usize::from(config.cpus) > vm.max_vcpus {
+        return Err(Error::TooManyCpus {
+            requested: config.cpus,
+            max: vm.max_vcpus,
+        });
+    }
     timeline::mark("VM created");
 
     let mem_size = config.memory_mib << 20;
     let mem = memory::create_guest_memory(mem_size).map_err(|source| Error::Memory {
         mib: config.memory_mib,
-        source,
+        source: source.into(),
     })?;
     vm.register_memory(&mem)?;
     timeline::mark("memory mapped");
 
-    let mut kernel_file = open(&config.kernel).map_err(|source| Error::OpenKernel {
-        path: config.kernel.clone(),
-        source,
-    })?;
-    let kernel = loader::load_kernel(&mem, &mut kernel_file).map_err(|source| {
-        Error::LoadKernel {
+    let kernel =
+        loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
             path: config.kernel.clone(),
-            source,
-        }
-    })?;
-    let initrd = match &config.initrd {
-        Some(path) => {
-            let mut file = open(path).map_err(|source| Error::OpenInitrd {
+            source: source.into(),
+        })?;
+    let initrd = match (initrd_file, &config.initrd) {
+        (Some(mut file), Some(path)) => Some(
+            loader::load_initrd(&mem, &mut file, &kernel).map_err(|source| Error::LoadInitrd {
                 path: path.clone(),
-                source,
-            })?;
-            Some(
-                loader::load_initrd(&mem, &mut file, &kernel).map_err(|source| {
-                    Error::LoadInitrd {
-                        path: path.clone(),
-                        source,
-                    }
-                })?,
-            )
-        }
-        None => None,
+                source: source.into(),
+            })?,
+        ),
+        _ => None,
     };
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
-    cmdline.insert_str(&config.cmdline).map_err(Error::Cmdline)?;
+    cmdline
+        .insert_str(&config.cmdline)
+        .map_err(Error::Cmdline)?;
     timeline::mark("kernel and initrd loaded");
 
+    let boot_err = |e: boot::Error| Error::BootStructures(e);
     params::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), mem_size)
-        .map_err(Error::BootStructures)?;
-    mptable::setup_mptable(&mem, config.cpus).map_err(Error::BootStructures)?;
-    boot::gdt::write_gdt_and_idt(&mem).map_err(Error::BootStructures)?;
-    paging::setup_identity_paging(&mem).map_err(Error::BootStructures)?;
+        .map_err(|e| boot_err(e.into()))?;
+    // check_config made sure the count fits the MP table's u8.
+    let cpus = config.cpus as u8;
+    mptable::setup_mptable(&mem, cpus).map_err(|e| boot_err(e.into()))?;
+    boot::gdt::write_gdt_and_idt(&mem).map_err(|e| boot_err(e.into()))?;
+    paging::setup_identity_paging(&mem).map_err(|e| boot_err(e.into()))?;
 
     let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
         what: "the VM exit event",
@@ -262,10 +278,10 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
     })?);
     let (io, serial, reset_evt) = create_devices(&vm)?;
 
-    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
-    for index in 0..config.cpus {
+    let mut vcpus = Vec::with_capacity(usize::from(cpus));
+    for index in 0..cpus {
         let vcpu = Vcpu::new(&vm.fd, index)?;
-        let cpuid = cpuid::normalize(&vm.supported_cpuid, index, config.cpus);
+        let cpuid = cpuid::normalize(&vm.supported_cpuid, index, cpus);
         let entry = (index == 0).then_some(kernel.entry);
         vcpu.configure(&cpuid, entry)?;
         vcpus.push(vcpu);

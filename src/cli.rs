@@ -39,8 +39,8 @@ pub struct Cli {
 
     /// Number of vCPUs (the guest sees them in its MP table).
     #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u8).range(1..))]
-    pub cpus: u8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub cpus: u16,
 
     /// Print a boot timeline on stderr: milliseconds since the VMM started, for each phase,
     /// and each byte the guest writes to the debug port 0x80.
@@ -70,8 +70,17 @@ mod tests {
     #[test]
     fn all_options() {
         let cli = parse(&[
-            "--kernel", "bz", "--initrd", "rd", "--cmdline", "console=ttyS0 quiet", "--memory",
-            "512", "--cpus", "4", "--timings",
+            "--kernel",
+            "bz",
+            "--initrd",
+            "rd",
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--memory",
+            "512",
+            "--cpus",
+            "4",
+            "--timings",
         ])
         .unwrap();
         assert_eq!(cli.initrd, Some(PathBuf::from("rd")));
@@ -93,7 +102,7 @@ mod tests {
         for args in [
             &["--kernel", "k", "--memory", "0"][..],
             &["--kernel", "k", "--cpus", "0"],
-            &["--kernel", "k", "--cpus", "256"],
+            &["--kernel", "k", "--cpus", "65536"],
             &["--kernel", "k", "--memory", "lots"],
         ] {
             let err = parse(args).unwrap_err();

@@ -40,7 +40,9 @@ impl Write for ConsoleOutput {
             Ok(()) => Ok(buf.len()),
             Err(e) => {
                 self.broken = true;
-                log::warn!("guest console output is dropped from now on: cannot write to stdout: {e}");
+                log::warn!(
+                    "guest console output is dropped from now on: cannot write to stdout: {e}"
+                );
                 Ok(buf.len())
             }
         }

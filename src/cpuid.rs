@@ -209,12 +209,21 @@ mod tests {
     fn topology_leaves_describe_one_socket() {
         let c = normalize(&supported(), 2, 3);
         let smt = find(&c, LEAF_EXT_TOPOLOGY, 0);
-        assert_eq!((smt.eax, smt.ebx, (smt.ecx >> 8) & 0xff), (0, 1, LEVEL_TYPE_SMT));
+        assert_eq!(
+            (smt.eax, smt.ebx, (smt.ecx >> 8) & 0xff),
+            (0, 1, LEVEL_TYPE_SMT)
+        );
         let core = find(&c, LEAF_EXT_TOPOLOGY, 1);
-        assert_eq!((core.eax, core.ebx, (core.ecx >> 8) & 0xff), (2, 3, LEVEL_TYPE_CORE));
+        assert_eq!(
+            (core.eax, core.ebx, (core.ecx >> 8) & 0xff),
+            (2, 3, LEVEL_TYPE_CORE)
+        );
         assert_eq!(core.ecx & 0xff, 1);
         let end = find(&c, LEAF_EXT_TOPOLOGY, 2);
-        assert_eq!((end.eax, end.ebx, (end.ecx >> 8) & 0xff), (0, 0, LEVEL_TYPE_INVALID));
+        assert_eq!(
+            (end.eax, end.ebx, (end.ecx >> 8) & 0xff),
+            (0, 0, LEVEL_TYPE_INVALID)
+        );
         // Intel cache leaf: 3 cores; L1 private, L3 shared by all 3.
         let l1 = find(&c, LEAF_CACHE_PARAMS, 0);
         assert_eq!((l1.eax >> 26, (l1.eax >> 14) & 0xfff), (2, 0));

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
                 eprintln!("caused by: {cause}");
                 source = cause.source();
             }
-            if matches!(e, builder::Error::Vm(_)) && std::path::Path::new(vcpu::KVM_PVM_MODULE).exists() {
+            if matches!(e, builder::Error::Vm(_))
+                && std::path::Path::new(vcpu::KVM_PVM_MODULE).exists()
+            {
                 log::debug!("host KVM is PVM");
             }
             ExitCode::from(e.exit_code())

@@ -257,7 +257,12 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the VM stops. Every way out records an `ExitReason` first.
-    pub fn run(mut self, io: Arc<crate::builder::IoBuses>, mem: GuestMemoryMmap, exit: Arc<VmExit>) {
+    pub fn run(
+        mut self,
+        io: Arc<crate::builder::IoBuses>,
+        mem: GuestMemoryMmap,
+        exit: Arc<VmExit>,
+    ) {
         let cpu = self.index;
         loop {
             if exit.stopping() {
@@ -293,10 +298,13 @@ impl Vcpu {
                     self.where_and_bytes(&mem),
                     pvm_hint()
                 )),
-                Ok(other) => ExitReason::Error(format!(
-                    "vCPU {cpu}: unexpected KVM exit {other:?} at {}",
-                    self.where_and_bytes(&mem)
-                )),
+                Ok(other) => {
+                    let what = format!("{other:?}");
+                    ExitReason::Error(format!(
+                        "vCPU {cpu}: unexpected KVM exit {what} at {}",
+                        self.where_and_bytes(&mem)
+                    ))
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
                     continue;
@@ -315,19 +323,16 @@ impl Vcpu {
         let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
         let (suberror, ndata) = (internal.suberror, internal.ndata as usize);
         let data = &internal.data[..ndata.min(internal.data.len())];
-        // With KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[1] is the length
-        // and data[2..4] the instruction bytes (Documentation/virt/kvm/api.rst).
+        // With KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[0] holds the flags
+        // and the next 16 bytes are `u8 insn_size; u8 insn_bytes[15]` (struct
+        // kvm_run.emulation_failure, Documentation/virt/kvm/api.rst).
         let kvm_bytes = (suberror == KVM_INTERNAL_ERROR_EMULATION
             && data.len() >= 3
             && data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0)
             .then(|| {
-                let len = (data[1] as usize).min(16);
-                let raw: Vec<u8> = data[2..]
-                    .iter()
-                    .flat_map(|w| w.to_le_bytes())
-                    .take(len)
-                    .collect();
-                raw
+                let raw: Vec<u8> = data[1..3].iter().flat_map(|w| w.to_le_bytes()).collect();
+                let len = usize::from(raw[0]).min(raw.len() - 1);
+                raw[1..=len].to_vec()
             });
         let what = match suberror {
             KVM_INTERNAL_ERROR_EMULATION => "emulation failure",

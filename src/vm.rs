@@ -2,12 +2,13 @@
 //! controllers and PIT, and guest memory registered as KVM memory slots.
 
 use std::io;
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_bindings::KVM_PIT_SPEAKER_DUMMY;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// The only KVM API version there has ever been (`KVM_GET_API_VERSION`).
 pub const KVM_API_VERSION: i32 = 12;
@@ -79,7 +80,13 @@ pub struct Vm {
 
 /// Opens a KVM device node, turning the common failures into messages that say what to do.
 pub fn open_kvm(path: &Path) -> Result<Kvm, Error> {
-    let fd = Kvm::open_with_cloexec_at(path, true).map_err(|e| {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::OpenKvm {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
+        }
+    })?;
+    let fd = Kvm::open_with_cloexec_at(&c_path, true).map_err(|e| {
         let source = io::Error::from_raw_os_error(e.errno());
         match source.kind() {
             io::ErrorKind::NotFound => Error::NoKvm(path.to_path_buf()),
@@ -93,8 +100,6 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, Error> {
     // SAFETY: `fd` was just opened by us on the KVM device node and is owned by nothing else.
     Ok(unsafe { Kvm::from_raw_fd(fd) })
 }
-
-use std::os::fd::FromRawFd;
 
 impl Vm {
     /// Opens `kvm_path`, checks the API version and capabilities, and creates a VM with the

@@ -64,8 +64,9 @@ pub const PDE_COUNT: u64 = 4;
 /// Kernel command line, NUL-terminated.
 pub const CMDLINE_START: GuestAddress = GuestAddress(0x20000);
 
-/// Room for the command line at [`CMDLINE_START`], in bytes including the terminating NUL.
-pub const CMDLINE_MAX_SIZE: u64 = 0x10000;
+/// Room for the command line at [`CMDLINE_START`], in bytes including the terminating NUL
+/// (a `usize`, as `Cmdline::new` takes its capacity).
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 
 /// Extended BIOS data area. The MP floating pointer and configuration table live here: Linux
 /// scans the last KiB of base memory (639 KiB = 0x9fc00) for the `_MP_` signature
@@ -113,16 +114,15 @@ pub const SERIAL_IRQ: u32 = 4;
 const _: () = assert!(BOOT_GDT_START.0 + 5 * 8 <= BOOT_IDT_START.0);
 const _: () = assert!(BOOT_IDT_START.0 + 8 <= PVH_INFO_START.0);
 const _: () = assert!(PVH_INFO_START.0 + 56 <= PVH_MEMMAP_START.0);
-const _: () = assert!(
-    PVH_MEMMAP_START.0 + PVH_MEMMAP_MAX_ENTRIES as u64 * 24 <= PVH_MODLIST_START.0
-);
+const _: () =
+    assert!(PVH_MEMMAP_START.0 + PVH_MEMMAP_MAX_ENTRIES as u64 * 24 <= PVH_MODLIST_START.0);
 const _: () = assert!(PVH_MODLIST_START.0 + 32 <= ZERO_PAGE_START.0);
 const _: () = assert!(ZERO_PAGE_START.0 + 0x1000 <= BOOT_STACK_POINTER.0);
 const _: () = assert!(BOOT_STACK_POINTER.0 < PML4_START.0);
 const _: () = assert!(PML4_START.0 + 0x1000 <= PDPTE_START.0);
 const _: () = assert!(PDPTE_START.0 + 0x1000 <= PDE_START.0);
 const _: () = assert!(PDE_START.0 + PDE_COUNT * 0x1000 <= CMDLINE_START.0);
-const _: () = assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE <= EBDA_START.0);
+const _: () = assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
 const _: () = assert!(EBDA_START.0 < LOW_RAM_END.0 && LOW_RAM_END.0 <= HIMEM_START.0);
 const _: () = assert!(MMIO_GAP_START.0 <= VIRTIO_MMIO_START.0);
 const _: () = assert!(VIRTIO_MMIO_START.0 < IOAPIC_START.0 && IOAPIC_START.0 < APIC_START.0);

@@ -23,6 +23,8 @@ pub mod mptable;
 pub mod paging;
 pub mod params;
 
+/// The kernel command line builder that [`params::configure_boot`] takes.
+pub use linux_loader::cmdline::Cmdline;
 /// Guest physical address, re-exported from `vm-memory`.
 pub use vm_memory::GuestAddress;
 /// Guest memory backed by anonymous mmap regions: `vm_memory::GuestMemoryMmap<()>` (no dirty

@@ -3,9 +3,7 @@
 use vm_memory::mmap::FromRangesError;
 use vm_memory::GuestAddress;
 
-use crate::layout::{
-    EBDA_START, FIRST_ADDR_PAST_32BITS, HIMEM_START, MMIO_GAP_START,
-};
+use crate::layout::{EBDA_START, FIRST_ADDR_PAST_32BITS, HIMEM_START, MMIO_GAP_START};
 use crate::GuestMemoryMmap;
 
 /// Smallest guest memory accepted, 8 MiB: the first MiB holds the boot structures and the legacy
@@ -79,7 +77,9 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), Error> {
         return Err(Error::NotPageAligned { size: mem_size });
     }
     let above_gap = mem_size.saturating_sub(MMIO_GAP_START.0);
-    if FIRST_ADDR_PAST_32BITS.0.checked_add(above_gap).is_none() || usize::try_from(mem_size).is_err() {
+    if FIRST_ADDR_PAST_32BITS.0.checked_add(above_gap).is_none()
+        || usize::try_from(mem_size).is_err()
+    {
         return Err(Error::TooLarge { size: mem_size });
     }
     Ok(())
@@ -177,7 +177,10 @@ mod tests {
 
     #[test]
     fn ram_regions_exactly_gap() {
-        assert_eq!(ram_regions(3 * GIB), vec![(GuestAddress(0), (3 * GIB) as usize)]);
+        assert_eq!(
+            ram_regions(3 * GIB),
+            vec![(GuestAddress(0), (3 * GIB) as usize)]
+        );
     }
 
     #[test]
@@ -197,9 +200,21 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { addr: 0, size: 0x9fc00, kind: E820Kind::Ram },
-                E820Entry { addr: 0x9fc00, size: 0x100000 - 0x9fc00, kind: E820Kind::Reserved },
-                E820Entry { addr: 0x100000, size: 128 * MIB - 0x100000, kind: E820Kind::Ram },
+                E820Entry {
+                    addr: 0,
+                    size: 0x9fc00,
+                    kind: E820Kind::Ram
+                },
+                E820Entry {
+                    addr: 0x9fc00,
+                    size: 0x100000 - 0x9fc00,
+                    kind: E820Kind::Reserved
+                },
+                E820Entry {
+                    addr: 0x100000,
+                    size: 128 * MIB - 0x100000,
+                    kind: E820Kind::Ram
+                },
             ]
         );
     }
@@ -208,8 +223,22 @@ mod tests {
     fn e820_straddling_gap() {
         let map = e820_map(4 * GIB);
         assert_eq!(map.len(), 4);
-        assert_eq!(map[2], E820Entry { addr: MIB, size: 3 * GIB - MIB, kind: E820Kind::Ram });
-        assert_eq!(map[3], E820Entry { addr: 4 * GIB, size: GIB, kind: E820Kind::Ram });
+        assert_eq!(
+            map[2],
+            E820Entry {
+                addr: MIB,
+                size: 3 * GIB - MIB,
+                kind: E820Kind::Ram
+            }
+        );
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: 4 * GIB,
+                size: GIB,
+                kind: E820Kind::Ram
+            }
+        );
         let ram: u64 = map
             .iter()
             .filter(|e| e.kind == E820Kind::Ram)
@@ -223,7 +252,10 @@ mod tests {
 
     #[test]
     fn size_checks() {
-        assert!(matches!(create_guest_memory(0), Err(Error::TooSmall { size: 0 })));
+        assert!(matches!(
+            create_guest_memory(0),
+            Err(Error::TooSmall { size: 0 })
+        ));
         assert!(matches!(
             create_guest_memory(2 * MIB),
             Err(Error::TooSmall { .. })
@@ -233,7 +265,7 @@ mod tests {
             Err(Error::NotPageAligned { .. })
         ));
         assert!(matches!(
-            create_guest_memory(u64::MAX & !(PAGE_SIZE - 1)),
+            create_guest_memory(!(PAGE_SIZE - 1)),
             Err(Error::TooLarge { .. })
         ));
         let msg = Error::TooSmall { size: 2 * MIB }.to_string();
@@ -254,7 +286,10 @@ mod tests {
         let regions: Vec<_> = mem.iter().map(|r| (r.start_addr(), r.len())).collect();
         assert_eq!(
             regions,
-            vec![(GuestAddress(0), 3 * GIB), (GuestAddress(4 * GIB), 16 * MIB)]
+            vec![
+                (GuestAddress(0), 3 * GIB),
+                (GuestAddress(4 * GIB), 16 * MIB)
+            ]
         );
     }
 }

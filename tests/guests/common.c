@@ -13,6 +13,7 @@
 #define UART_LSR 5
 #define LSR_DR 0x01   /* data ready */
 #define LSR_THRE 0x20 /* transmit holding register empty */
+#define UART_FIFO_SIZE 16
 
 void serial_init(void)
 {
@@ -43,6 +44,20 @@ void serial_write(const char *buf, size_t len)
 {
     for (size_t i = 0; i < len; i++)
         serial_putc(buf[i]);
+}
+
+void serial_write_fifo(const char *buf, size_t len)
+{
+    while (len) {
+        while (!(inb(COM1 + UART_LSR) & LSR_THRE))
+            cpu_relax();
+        /* THRE set with the FIFO on means the whole 16-byte transmit FIFO is free. */
+        size_t n = len < UART_FIFO_SIZE ? len : UART_FIFO_SIZE;
+        for (size_t i = 0; i < n; i++)
+            outb(COM1 + UART_THR, (u8)buf[i]);
+        buf += n;
+        len -= n;
+    }
 }
 
 void print(const char *s)

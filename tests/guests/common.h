@@ -44,6 +44,8 @@ void serial_init(void);
 void serial_putc(char c);
 int serial_getc(void); /* blocks until a byte arrives */
 void serial_write(const char *buf, size_t len);
+/* Like serial_write, but one LSR poll per 16 bytes (16550 FIFO, as Linux's 8250 driver). */
+void serial_write_fifo(const char *buf, size_t len);
 
 /* Printing. */
 void print(const char *s);

@@ -1,0 +1,824 @@
+//! Loading the kernel (bzImage or ELF `vmlinux`) and the initrd into guest memory.
+//!
+//! The format is chosen by magic number; the actual loading is done by `linux-loader`
+//! (`BzImage` and `Elf`), with checks around it that turn "does not fit" and "wrong
+//! architecture" into errors a user can act on.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::mem::size_of;
+
+use linux_loader::elf::{
+    Elf64_Ehdr, Elf64_Phdr, EI_CLASS, EI_DATA, ELFCLASS32, ELFCLASS64, ELFDATA2LSB, EM_X86_64,
+    PT_LOAD,
+};
+use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
+use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::KernelLoader;
+use vm_memory::{
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError,
+    GuestMemoryRegion,
+};
+
+use crate::layout::HIMEM_START;
+use crate::GuestMemoryMmap;
+
+/// ELF identification: `e_ident[EI_MAG0..=EI_MAG3]` (System V ABI, "ELF Identification").
+pub const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+/// Offset of `setup_header` in a bzImage (Documentation/x86/boot.rst, "The Real-Mode Kernel
+/// Header").
+pub const SETUP_HEADER_OFFSET: u64 = 0x1f1;
+/// Offset of `boot_flag` in a bzImage (Documentation/x86/boot.rst).
+pub const BOOT_FLAG_OFFSET: usize = 0x1fe;
+/// `boot_flag`: 0xaa55, the legacy boot sector signature (Documentation/x86/boot.rst).
+pub const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+/// Offset of `header` in a bzImage (Documentation/x86/boot.rst).
+pub const HDR_MAGIC_OFFSET: usize = 0x202;
+/// `header`: "HdrS" read as a little-endian u32, present since boot protocol 2.00
+/// (Documentation/x86/boot.rst).
+pub const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+/// The 64-bit entry point is `startup_64`, 0x200 bytes into the protected-mode kernel
+/// (Documentation/x86/boot.rst, "64-bit Boot Protocol").
+pub const KERNEL_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// Oldest boot protocol accepted: 2.06 added `cmdline_size` and predates every x86_64 kernel
+/// with a 64-bit entry point that this VMM can boot.
+pub const MIN_BOOT_PROTOCOL: u16 = 0x0206;
+/// Highest address an initrd may occupy when the kernel does not say (ELF kernels, or a zero
+/// `initrd_addr_max`); Linux's own default (Documentation/x86/boot.rst, `initrd_addr_max`).
+pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+/// Page size used to align the initrd (the boot protocol asks for page alignment).
+const PAGE_SIZE: u64 = 0x1000;
+/// Bytes read to recognise a kernel: enough for the ELF header and the bzImage header magic.
+const PROBE_LEN: usize = 0x210;
+
+/// A byte count shown the way a user thinks of it ("12.5 MiB").
+pub(crate) struct HumanSize(pub u64);
+
+impl fmt::Display for HumanSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const KIB: u64 = 1 << 10;
+        const MIB: u64 = 1 << 20;
+        const GIB: u64 = 1 << 30;
+        let n = self.0;
+        if n >= GIB {
+            write!(f, "{:.1} GiB", n as f64 / GIB as f64)
+        } else if n >= MIB {
+            write!(f, "{:.1} MiB", n as f64 / MIB as f64)
+        } else if n >= KIB {
+            write!(f, "{:.1} KiB", n as f64 / KIB as f64)
+        } else {
+            write!(f, "{n} bytes")
+        }
+    }
+}
+
+/// Errors from loading the kernel or the initrd.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel file could not be read.
+    #[error("cannot read the kernel image")]
+    ReadKernel(#[source] io::Error),
+    /// The file has neither magic number.
+    #[error(
+        "the kernel image is neither a bzImage (no \"HdrS\" header at offset 0x202) \
+         nor an ELF vmlinux (no \\x7fELF magic)"
+    )]
+    NotAKernel,
+    /// An ELF file, but not a 64-bit one.
+    #[error("the kernel is a 32-bit ELF file; only 64-bit x86_64 vmlinux images can be booted")]
+    ElfNot64Bit,
+    /// An ELF file for another architecture.
+    #[error("the kernel is an ELF file for machine type {machine}, not x86_64 (62)")]
+    ElfNotX86_64 {
+        /// `e_machine` from the ELF header.
+        machine: u16,
+    },
+    /// An ELF file that cannot be booted, for the reason given.
+    #[error("the ELF kernel cannot be booted: {0}")]
+    BadElf(String),
+    /// A bzImage that cannot be booted, for the reason given.
+    #[error("the bzImage cannot be booted: {0}")]
+    BadBzImage(String),
+    /// Guest memory has no RAM at the kernel load address.
+    #[error("guest memory has no RAM at 1 MiB, where the kernel is loaded")]
+    NoRamAtLoadAddress,
+    /// The kernel does not fit in the RAM above its load address.
+    #[error(
+        "the kernel needs {} of guest memory above 1 MiB but only {} is there; \
+         give the guest more memory (--memory)",
+        HumanSize(*.size), HumanSize(*.room)
+    )]
+    KernelTooLarge {
+        /// Bytes the kernel occupies from its load address (including decompression room).
+        size: u64,
+        /// Bytes of RAM from the load address to the end of the first RAM region.
+        room: u64,
+    },
+    /// `linux-loader` failed to copy the kernel.
+    #[error("cannot load the {format} into guest memory")]
+    LoadKernel {
+        /// The format that was being loaded.
+        format: KernelFormat,
+        /// What `linux-loader` reported.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// The initrd file could not be read.
+    #[error("cannot read the initrd")]
+    ReadInitrd(#[source] io::Error),
+    /// The initrd file is empty.
+    #[error("the initrd file is empty")]
+    EmptyInitrd,
+    /// The initrd does not fit between the kernel and the highest address it may occupy.
+    #[error(
+        "the initrd is {} but only {} of guest memory is free for it between the kernel and \
+         the initrd address limit; give the guest more memory (--memory)",
+        HumanSize(*.size), HumanSize(*.room)
+    )]
+    InitrdTooLarge {
+        /// Initrd size in bytes.
+        size: u64,
+        /// Largest initrd that would have fit, in bytes.
+        room: u64,
+    },
+    /// Copying the initrd into guest memory failed.
+    #[error("cannot copy the initrd into guest memory")]
+    CopyInitrd(#[source] GuestMemoryError),
+}
+
+/// Kernel image formats this VMM boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// A compressed bzImage (`arch/x86/boot/bzImage`), booted through its 64-bit entry point.
+    BzImage,
+    /// An uncompressed ELF `vmlinux`, booted through PVH if it has the entry note, else at
+    /// `e_entry` in 64-bit mode.
+    Elf,
+}
+
+impl fmt::Display for KernelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelFormat::BzImage => f.write_str("bzImage"),
+            KernelFormat::Elf => f.write_str("ELF vmlinux"),
+        }
+    }
+}
+
+/// Where, and in which CPU mode, the boot vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryPoint {
+    /// 64-bit long mode with paging (identity map), `%rsi` = zero page
+    /// (Documentation/x86/boot.rst, "64-bit Boot Protocol").
+    Long64(GuestAddress),
+    /// 32-bit protected mode without paging, `%ebx` = `hvm_start_info`
+    /// (xen docs/misc/pvh.pandoc, "x86/HVM direct boot ABI").
+    Pvh(GuestAddress),
+}
+
+impl EntryPoint {
+    /// The entry address, whichever the mode.
+    pub fn addr(&self) -> GuestAddress {
+        match *self {
+            EntryPoint::Long64(a) | EntryPoint::Pvh(a) => a,
+        }
+    }
+}
+
+/// A kernel loaded into guest memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadedKernel {
+    /// The image format.
+    pub format: KernelFormat,
+    /// Where to start the boot vCPU.
+    pub entry: EntryPoint,
+    /// First guest address past the kernel, including the room a bzImage needs to decompress
+    /// itself (`init_size`) and an ELF's `.bss` (`p_memsz`): nothing else may be placed below.
+    pub kernel_end: GuestAddress,
+    /// The bzImage's setup header (with `code32_start` set to the load address); `None` for ELF.
+    pub setup_header: Option<setup_header>,
+}
+
+/// Where the initrd was placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitrdRange {
+    /// Guest physical address, page aligned.
+    pub addr: GuestAddress,
+    /// Size in bytes.
+    pub size: usize,
+}
+
+/// Reads as many bytes as the file has, up to `buf.len()`, from its start.
+fn read_prefix(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Recognises the kernel format by its magic numbers and leaves the file at offset 0.
+///
+/// - ELF: `\x7fELF` at offset 0; it must also be ELFCLASS64, little-endian and `EM_X86_64`.
+/// - bzImage: `boot_flag` = 0xaa55 at 0x1fe and `header` = "HdrS" at 0x202
+///   (Documentation/x86/boot.rst, "The Real-Mode Kernel Header").
+pub fn detect_format(file: &mut File) -> Result<KernelFormat, Error> {
+    let mut buf = [0u8; PROBE_LEN];
+    let len = read_prefix(file, &mut buf).map_err(Error::ReadKernel)?;
+    file.seek(SeekFrom::Start(0)).map_err(Error::ReadKernel)?;
+    let buf = &buf[..len];
+
+    if buf.starts_with(&ELF_MAGIC) {
+        // e_ident and e_machine (offset 18) are laid out alike in ELF32 and ELF64 headers.
+        if buf.len() < 20 {
+            return Err(Error::BadElf(
+                "the file is shorter than an ELF header".into(),
+            ));
+        }
+        match buf[EI_CLASS] {
+            ELFCLASS64 => {}
+            ELFCLASS32 => return Err(Error::ElfNot64Bit),
+            class => {
+                return Err(Error::BadElf(format!(
+                    "its ELF class {class} is not ELFCLASS64"
+                )))
+            }
+        }
+        if buf[EI_DATA] != ELFDATA2LSB {
+            return Err(Error::BadElf("it is big-endian".into()));
+        }
+        let machine = u16::from_le_bytes([buf[18], buf[19]]);
+        if machine != EM_X86_64 {
+            return Err(Error::ElfNotX86_64 { machine });
+        }
+        if buf.len() < size_of::<Elf64_Ehdr>() {
+            return Err(Error::BadElf(
+                "the file is shorter than an ELF header".into(),
+            ));
+        }
+        return Ok(KernelFormat::Elf);
+    }
+
+    if buf.len() >= HDR_MAGIC_OFFSET + 4 {
+        let boot_flag = u16::from_le_bytes([buf[BOOT_FLAG_OFFSET], buf[BOOT_FLAG_OFFSET + 1]]);
+        let mut magic = [0u8; 4];
+        magic.copy_from_slice(&buf[HDR_MAGIC_OFFSET..HDR_MAGIC_OFFSET + 4]);
+        if boot_flag == KERNEL_BOOT_FLAG_MAGIC && u32::from_le_bytes(magic) == KERNEL_HDR_MAGIC {
+            return Ok(KernelFormat::BzImage);
+        }
+    }
+    Err(Error::NotAKernel)
+}
+
+/// End (exclusive) of the RAM region holding the kernel load address: the first RAM region,
+/// `[0, min(mem_size, MMIO_GAP_START))`, as [`crate::memory::ram_regions`] lays it out.
+fn low_ram_end(mem: &GuestMemoryMmap) -> Result<u64, Error> {
+    let region = mem
+        .find_region(HIMEM_START)
+        .ok_or(Error::NoRamAtLoadAddress)?;
+    Ok(region.start_addr().0.saturating_add(region.len()))
+}
+
+/// Loads the kernel: a bzImage at [`HIMEM_START`] (entry at +0x200, 64-bit), or an ELF
+/// `vmlinux` at its physical addresses (PVH entry when the `XEN_ELFNOTE_PHYS32_ENTRY` note is
+/// there, else `e_entry` in 64-bit mode).
+pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKernel, Error> {
+    let format = detect_format(file)?;
+    let room = low_ram_end(mem)?.saturating_sub(HIMEM_START.0);
+    match format {
+        KernelFormat::BzImage => load_bzimage(mem, file, room),
+        KernelFormat::Elf => load_elf(mem, file, room),
+    }
+}
+
+fn load_bzimage(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedKernel, Error> {
+    let mut hdr = setup_header::default();
+    file.seek(SeekFrom::Start(SETUP_HEADER_OFFSET))
+        .and_then(|_| file.read_exact(hdr.as_mut_slice()))
+        .map_err(Error::ReadKernel)?;
+    let file_len = file.metadata().map_err(Error::ReadKernel)?.len();
+
+    let version = hdr.version;
+    if version < MIN_BOOT_PROTOCOL {
+        return Err(Error::BadBzImage(format!(
+            "it uses boot protocol {}.{:02}; 2.06 or later is needed",
+            version >> 8,
+            version & 0xff
+        )));
+    }
+    if hdr.loadflags & LOADED_HIGH == 0 {
+        return Err(Error::BadBzImage(
+            "it is a zImage that loads at 0x10000 (LOADED_HIGH is clear)".into(),
+        ));
+    }
+    // xloadflags exists since protocol 2.12; XLF_KERNEL_64 says the 64-bit entry is at 0x200.
+    let xloadflags = hdr.xloadflags;
+    if version >= 0x020c && xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(Error::BadBzImage(
+            "it has no 64-bit entry point (XLF_KERNEL_64 is clear): build the kernel for x86_64"
+                .into(),
+        ));
+    }
+
+    // The real-mode setup is setup_sects (0 means 4) sectors plus the boot sector.
+    let setup_sects = match hdr.setup_sects {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let setup_size = (setup_sects + 1) * 512;
+    let payload = file_len.checked_sub(setup_size).ok_or_else(|| {
+        Error::BadBzImage(format!(
+            "the file ({file_len} bytes) is shorter than its real-mode setup ({setup_size} bytes)"
+        ))
+    })?;
+    // init_size (protocol 2.10+): memory the kernel needs from its load address while it
+    // decompresses and starts; the initrd must stay out of it.
+    let init_size = if version >= 0x020a {
+        u64::from(hdr.init_size)
+    } else {
+        0
+    };
+    let needed = payload.max(init_size);
+    if needed > room {
+        return Err(Error::KernelTooLarge { size: needed, room });
+    }
+
+    let result =
+        BzImage::load(mem, Some(HIMEM_START), file, Some(HIMEM_START)).map_err(|source| {
+            Error::LoadKernel {
+                format: KernelFormat::BzImage,
+                source,
+            }
+        })?;
+    let kernel_end = result.kernel_end.max(HIMEM_START.0 + needed);
+    Ok(LoadedKernel {
+        format: KernelFormat::BzImage,
+        entry: EntryPoint::Long64(result.kernel_load.unchecked_add(KERNEL_64BIT_ENTRY_OFFSET)),
+        kernel_end: GuestAddress(kernel_end),
+        setup_header: result.setup_header.or(Some(hdr)),
+    })
+}
+
+fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedKernel, Error> {
+    let mut ehdr = Elf64_Ehdr::default();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_exact(ehdr.as_mut_slice()))
+        .map_err(Error::ReadKernel)?;
+    if ehdr.e_entry < HIMEM_START.0 {
+        return Err(Error::BadElf(format!(
+            "its entry point {:#x} is below 1 MiB, where the VMM keeps its boot structures",
+            ehdr.e_entry
+        )));
+    }
+    if usize::from(ehdr.e_phentsize) != size_of::<Elf64_Phdr>() {
+        return Err(Error::BadElf(format!(
+            "program header entries are {} bytes, not {}",
+            ehdr.e_phentsize,
+            size_of::<Elf64_Phdr>()
+        )));
+    }
+
+    // Check every loadable segment before copying anything: it must lie at or above 1 MiB
+    // (below is where the boot structures go) and inside the first RAM region.
+    file.seek(SeekFrom::Start(ehdr.e_phoff))
+        .map_err(Error::ReadKernel)?;
+    let mut end = HIMEM_START.0;
+    let mut loadable = 0;
+    for _ in 0..ehdr.e_phnum {
+        let mut phdr = Elf64_Phdr::default();
+        file.read_exact(phdr.as_mut_slice())
+            .map_err(Error::ReadKernel)?;
+        if phdr.p_type != PT_LOAD || phdr.p_memsz == 0 {
+            continue;
+        }
+        loadable += 1;
+        if phdr.p_paddr < HIMEM_START.0 {
+            return Err(Error::BadElf(format!(
+                "a segment loads at {:#x}, below 1 MiB where the VMM keeps its boot structures",
+                phdr.p_paddr
+            )));
+        }
+        if phdr.p_filesz > phdr.p_memsz {
+            return Err(Error::BadElf(format!(
+                "the segment at {:#x} has more file bytes than memory bytes",
+                phdr.p_paddr
+            )));
+        }
+        let seg_end = phdr
+            .p_paddr
+            .checked_add(phdr.p_memsz)
+            .ok_or_else(|| Error::BadElf("a segment ends past the 64-bit address space".into()))?;
+        end = end.max(seg_end);
+    }
+    if loadable == 0 {
+        return Err(Error::BadElf("it has no loadable segment".into()));
+    }
+    let size = end - HIMEM_START.0;
+    if size > room {
+        return Err(Error::KernelTooLarge { size, room });
+    }
+
+    let result =
+        Elf::load(mem, None, file, Some(HIMEM_START)).map_err(|source| Error::LoadKernel {
+            format: KernelFormat::Elf,
+            source,
+        })?;
+    let entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr),
+        PvhBootCapability::PvhEntryNotPresent | PvhBootCapability::PvhEntryIgnored => {
+            EntryPoint::Long64(GuestAddress(ehdr.e_entry))
+        }
+    };
+    Ok(LoadedKernel {
+        format: KernelFormat::Elf,
+        entry,
+        kernel_end: GuestAddress(result.kernel_end.max(end)),
+        setup_header: None,
+    })
+}
+
+/// The highest address (exclusive) the initrd may reach: `initrd_addr_max + 1` from the
+/// bzImage header when set, else [`DEFAULT_INITRD_ADDR_MAX`] + 1, and never past the first
+/// RAM region.
+fn initrd_limit(mem: &GuestMemoryMmap, kernel: &LoadedKernel) -> Result<u64, Error> {
+    let addr_max = kernel
+        .setup_header
+        .map(|hdr| u64::from(hdr.initrd_addr_max))
+        .filter(|&max| max != 0)
+        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    Ok((addr_max + 1).min(low_ram_end(mem)?))
+}
+
+/// Loads the initrd as the boot protocol recommends (Documentation/x86/boot.rst, "ramdisk_image"
+/// and `initrd_addr_max`): at the highest page-aligned address where it lies wholly below
+/// `min(initrd_addr_max + 1, end of the first RAM region)` and above `kernel.kernel_end`.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    kernel: &LoadedKernel,
+) -> Result<InitrdRange, Error> {
+    let size = file.metadata().map_err(Error::ReadInitrd)?.len();
+    if size == 0 {
+        return Err(Error::EmptyInitrd);
+    }
+    let limit = initrd_limit(mem, kernel)?;
+    let lowest = kernel.kernel_end.0.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    let room = limit.saturating_sub(lowest);
+    let len = usize::try_from(size).map_err(|_| Error::InitrdTooLarge { size, room })?;
+    if size > room {
+        return Err(Error::InitrdTooLarge { size, room });
+    }
+    // limit - size >= lowest, and lowest is page aligned, so rounding down stays above it.
+    let addr = GuestAddress((limit - size) & !(PAGE_SIZE - 1));
+
+    file.seek(SeekFrom::Start(0)).map_err(Error::ReadInitrd)?;
+    mem.read_exact_volatile_from(addr, file, len)
+        .map_err(Error::CopyInitrd)?;
+    Ok(InitrdRange { addr, size: len })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::test_util::{guest_mem, TempFile};
+    use linux_loader::elf::{Elf64_Nhdr, EI_NIDENT, PT_NOTE};
+
+    const MIB: usize = 1 << 20;
+
+    /// A fake bzImage: boot sector + `setup_sects` sectors of setup, then `payload` bytes.
+    pub(crate) fn fake_bzimage(payload: usize, init_size: u32, initrd_addr_max: u32) -> Vec<u8> {
+        let setup_sects = 4u8;
+        let setup_size = (usize::from(setup_sects) + 1) * 512;
+        let mut image = vec![0u8; setup_size + payload];
+        let hdr = setup_header {
+            setup_sects,
+            boot_flag: KERNEL_BOOT_FLAG_MAGIC,
+            header: KERNEL_HDR_MAGIC,
+            version: 0x020f,
+            loadflags: LOADED_HIGH,
+            code32_start: 0x10_0000,
+            initrd_addr_max,
+            kernel_alignment: 0x20_0000,
+            xloadflags: XLF_KERNEL_64,
+            cmdline_size: 2047,
+            init_size,
+            ..Default::default()
+        };
+        let off = SETUP_HEADER_OFFSET as usize;
+        image[off..off + size_of::<setup_header>()].copy_from_slice(hdr.as_slice());
+        for (i, b) in image[setup_size..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        image
+    }
+
+    /// A minimal ELF64 x86_64 executable with one PT_LOAD segment of `code` at `paddr` (memsz
+    /// `memsz`), and optionally a PT_NOTE holding a Xen PVH entry note.
+    pub(crate) fn fake_elf(code: &[u8], paddr: u64, memsz: u64, pvh_entry: Option<u32>) -> Vec<u8> {
+        let ehdr_size = size_of::<Elf64_Ehdr>();
+        let phdr_size = size_of::<Elf64_Phdr>();
+        let phnum = if pvh_entry.is_some() { 2 } else { 1 };
+        let note_off = ehdr_size + phnum * phdr_size;
+        // A note that is not the PVH one first, to check the loader skips it, then the PVH note.
+        let mut note = Vec::new();
+        if let Some(entry) = pvh_entry {
+            for (name, n_type, desc) in [
+                (&b"GNU\0"[..], 3u32, 0xdead_beefu32),
+                (&b"Xen\0"[..], 18u32, entry),
+            ] {
+                let nhdr = Elf64_Nhdr {
+                    n_namesz: name.len() as u32,
+                    n_descsz: 4,
+                    n_type,
+                };
+                note.extend_from_slice(nhdr.as_slice());
+                note.extend_from_slice(name);
+                note.extend_from_slice(&desc.to_le_bytes());
+            }
+        }
+        let code_off = (note_off + note.len() + 0xf) & !0xf;
+
+        let mut e_ident = [0u8; EI_NIDENT];
+        e_ident[..4].copy_from_slice(&ELF_MAGIC);
+        e_ident[4] = ELFCLASS64;
+        e_ident[5] = ELFDATA2LSB;
+        e_ident[6] = 1; // EV_CURRENT
+        let ehdr = Elf64_Ehdr {
+            e_ident,
+            e_type: 2, // ET_EXEC
+            e_machine: EM_X86_64,
+            e_version: 1,
+            e_entry: paddr,
+            e_phoff: ehdr_size as u64,
+            e_ehsize: ehdr_size as u16,
+            e_phentsize: phdr_size as u16,
+            e_phnum: phnum as u16,
+            ..Default::default()
+        };
+        let load = Elf64_Phdr {
+            p_type: PT_LOAD,
+            p_flags: 5,
+            p_offset: code_off as u64,
+            p_vaddr: 0xffff_ffff_8000_0000 + paddr,
+            p_paddr: paddr,
+            p_filesz: code.len() as u64,
+            p_memsz: memsz,
+            p_align: 0x1000,
+        };
+        let mut image = Vec::new();
+        image.extend_from_slice(ehdr.as_slice());
+        image.extend_from_slice(load.as_slice());
+        if pvh_entry.is_some() {
+            let note_phdr = Elf64_Phdr {
+                p_type: PT_NOTE,
+                p_offset: note_off as u64,
+                p_filesz: note.len() as u64,
+                p_memsz: note.len() as u64,
+                p_align: 4,
+                ..Default::default()
+            };
+            image.extend_from_slice(note_phdr.as_slice());
+            image.extend_from_slice(&note);
+        }
+        image.resize(code_off, 0);
+        image.extend_from_slice(code);
+        image
+    }
+
+    fn detect(bytes: &[u8]) -> Result<KernelFormat, Error> {
+        let mut f = TempFile::new(bytes);
+        detect_format(f.file())
+    }
+
+    #[test]
+    fn detects_fake_bzimage() {
+        assert_eq!(
+            detect(&fake_bzimage(16, 0, 0)).unwrap(),
+            KernelFormat::BzImage
+        );
+        // Only the two magics matter for detection.
+        let mut bytes = vec![0u8; 0x300];
+        bytes[0x1fe] = 0x55;
+        bytes[0x1ff] = 0xaa;
+        bytes[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(detect(&bytes).unwrap(), KernelFormat::BzImage);
+        // Without the boot flag it is not a bzImage.
+        bytes[0x1fe] = 0;
+        assert!(matches!(detect(&bytes), Err(Error::NotAKernel)));
+    }
+
+    #[test]
+    fn detects_elf64() {
+        assert_eq!(
+            detect(&fake_elf(&[0x90; 4], 0x10_0000, 4, None)).unwrap(),
+            KernelFormat::Elf
+        );
+    }
+
+    #[test]
+    fn rejects_elf32_and_other_machines() {
+        let mut elf32 = fake_elf(&[0x90; 4], 0x10_0000, 4, None);
+        elf32[4] = 1; // ELFCLASS32
+        let err = detect(&elf32).unwrap_err();
+        assert!(matches!(err, Error::ElfNot64Bit));
+        assert!(err.to_string().contains("32-bit"), "{err}");
+        // A real ELF32 header is 52 bytes, shorter than an ELF64 one: still "32-bit".
+        assert!(matches!(detect(&elf32[..52]), Err(Error::ElfNot64Bit)));
+        elf32[4] = 7;
+        assert!(matches!(detect(&elf32), Err(Error::BadElf(_))));
+
+        let mut arm = fake_elf(&[0x90; 4], 0x10_0000, 4, None);
+        arm[18] = 183; // EM_AARCH64
+        assert!(matches!(
+            detect(&arm),
+            Err(Error::ElfNotX86_64 { machine: 183 })
+        ));
+    }
+
+    #[test]
+    fn rejects_random_bytes() {
+        let bytes: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let err = detect(&bytes).unwrap_err();
+        assert!(matches!(err, Error::NotAKernel));
+        let msg = err.to_string();
+        assert!(msg.contains("bzImage") && msg.contains("ELF"), "{msg}");
+        assert!(matches!(detect(&[]), Err(Error::NotAKernel)));
+        assert!(matches!(detect(b"\x7fELF"), Err(Error::BadElf(_))));
+    }
+
+    #[test]
+    fn loads_fake_bzimage() {
+        let mem = guest_mem(16 * MIB);
+        let image = fake_bzimage(0x3000, 0x8000, 0x37ff_ffff);
+        let mut f = TempFile::new(&image);
+        let k = load_kernel(&mem, f.file()).unwrap();
+        assert_eq!(k.format, KernelFormat::BzImage);
+        assert_eq!(k.entry, EntryPoint::Long64(GuestAddress(0x10_0200)));
+        // init_size (0x8000) is larger than the payload (0x3000).
+        assert_eq!(k.kernel_end, GuestAddress(0x10_8000));
+        let hdr = k.setup_header.unwrap();
+        assert_eq!({ hdr.code32_start }, 0x10_0000);
+        // The payload (after 5 sectors of setup) is at 1 MiB.
+        let mut buf = [0u8; 16];
+        mem.read_slice(&mut buf, HIMEM_START).unwrap();
+        assert_eq!(&buf[..], &image[5 * 512..5 * 512 + 16]);
+    }
+
+    #[test]
+    fn bzimage_checks() {
+        let mem = guest_mem(16 * MIB);
+        // Larger than guest memory.
+        let mut f = TempFile::new(&fake_bzimage(0x1000, 32 << 20, 0));
+        assert!(matches!(
+            load_kernel(&mem, f.file()),
+            Err(Error::KernelTooLarge { size, room }) if size == 32 << 20 && room == 15 << 20
+        ));
+        // 32-bit only kernel.
+        let mut image = fake_bzimage(0x1000, 0, 0);
+        image[0x236] = 0; // xloadflags
+        let mut f = TempFile::new(&image);
+        assert!(matches!(
+            load_kernel(&mem, f.file()),
+            Err(Error::BadBzImage(_))
+        ));
+        // Old protocol.
+        let mut image = fake_bzimage(0x1000, 0, 0);
+        image[0x206..0x208].copy_from_slice(&0x0202u16.to_le_bytes());
+        let mut f = TempFile::new(&image);
+        let err = load_kernel(&mem, f.file()).unwrap_err();
+        assert!(err.to_string().contains("2.02"), "{err}");
+    }
+
+    #[test]
+    fn loads_elf_long64() {
+        let mem = guest_mem(16 * MIB);
+        let code = [0xf4u8; 32]; // hlt
+        let mut f = TempFile::new(&fake_elf(&code, 0x20_0000, 0x10_0000, None));
+        let k = load_kernel(&mem, f.file()).unwrap();
+        assert_eq!(k.format, KernelFormat::Elf);
+        assert_eq!(k.entry, EntryPoint::Long64(GuestAddress(0x20_0000)));
+        assert_eq!(k.kernel_end, GuestAddress(0x30_0000));
+        assert!(k.setup_header.is_none());
+        let mut buf = [0u8; 32];
+        mem.read_slice(&mut buf, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(buf, code);
+    }
+
+    #[test]
+    fn loads_elf_pvh() {
+        let mem = guest_mem(16 * MIB);
+        let mut f = TempFile::new(&fake_elf(&[0xf4; 32], 0x20_0000, 32, Some(0x20_0010)));
+        let k = load_kernel(&mem, f.file()).unwrap();
+        assert_eq!(k.entry, EntryPoint::Pvh(GuestAddress(0x20_0010)));
+        assert_eq!(k.entry.addr(), GuestAddress(0x20_0010));
+    }
+
+    #[test]
+    fn elf_checks() {
+        let mem = guest_mem(16 * MIB);
+        let mut f = TempFile::new(&fake_elf(&[0xf4; 32], 0x8000, 32, None));
+        assert!(matches!(load_kernel(&mem, f.file()), Err(Error::BadElf(_))));
+        // Entry point above 1 MiB but a segment below it.
+        let mut image = fake_elf(&[0xf4; 32], 0x8000, 32, None);
+        image[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // e_entry
+        let mut f = TempFile::new(&image);
+        let err = load_kernel(&mem, f.file()).unwrap_err();
+        assert!(err.to_string().contains("segment loads at 0x8000"), "{err}");
+        let mut f = TempFile::new(&fake_elf(&[0xf4; 32], 0x20_0000, 32 << 20, None));
+        assert!(matches!(
+            load_kernel(&mem, f.file()),
+            Err(Error::KernelTooLarge { .. })
+        ));
+    }
+
+    fn kernel(end: u64, setup_header: Option<setup_header>) -> LoadedKernel {
+        LoadedKernel {
+            format: if setup_header.is_some() {
+                KernelFormat::BzImage
+            } else {
+                KernelFormat::Elf
+            },
+            entry: EntryPoint::Long64(HIMEM_START),
+            kernel_end: GuestAddress(end),
+            setup_header,
+        }
+    }
+
+    #[test]
+    fn initrd_goes_high_and_page_aligned() {
+        let mem = guest_mem(64 * MIB);
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut f = TempFile::new(&data);
+        let k = kernel(0x20_0123, None);
+        let r = load_initrd(&mem, f.file(), &k).unwrap();
+        assert_eq!(r.size, 5000);
+        assert_eq!(r.addr.0 % 0x1000, 0);
+        assert!(r.addr.0 >= k.kernel_end.0);
+        assert!(r.addr.0 + 5000 <= 64 << 20);
+        // Highest such address: it would not fit one page higher.
+        assert!(r.addr.0 + 0x1000 + 5000 > 64 << 20);
+        let mut back = vec![0u8; 5000];
+        mem.read_slice(&mut back, r.addr).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn initrd_respects_initrd_addr_max() {
+        let mem = guest_mem(64 * MIB);
+        let mut f = TempFile::new(&[7u8; 0x1800]);
+        let hdr = setup_header {
+            initrd_addr_max: 0x00ff_ffff,
+            ..Default::default()
+        };
+        let r = load_initrd(&mem, f.file(), &kernel(0x20_0000, Some(hdr))).unwrap();
+        assert_eq!(r.addr, GuestAddress(0x100_0000 - 0x2000));
+        // A zero initrd_addr_max means "not set": the end of RAM limits instead.
+        let r = load_initrd(
+            &mem,
+            f.file(),
+            &kernel(0x20_0000, Some(setup_header::default())),
+        )
+        .unwrap();
+        assert_eq!(r.addr, GuestAddress((64 << 20) - 0x2000));
+    }
+
+    #[test]
+    fn initrd_too_large() {
+        let mem = guest_mem(16 * MIB);
+        let mut f = TempFile::new(&vec![1u8; 2 * MIB]);
+        let err = load_initrd(&mem, f.file(), &kernel(15 * MIB as u64 + 1, None)).unwrap_err();
+        match err {
+            Error::InitrdTooLarge { size, room } => {
+                assert_eq!(size, 2 * MIB as u64);
+                assert_eq!(room, MIB as u64 - 0x1000);
+            }
+            e => panic!("unexpected {e}"),
+        }
+        let msg = load_initrd(&mem, f.file(), &kernel(15 * MIB as u64, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("2.0 MiB") && msg.contains("1.0 MiB") && msg.contains("--memory"),
+            "{msg}"
+        );
+        // Exactly fitting is fine.
+        let mut f = TempFile::new(&vec![1u8; MIB]);
+        let r = load_initrd(&mem, f.file(), &kernel(15 * MIB as u64, None)).unwrap();
+        assert_eq!(r.addr, GuestAddress(15 * MIB as u64));
+        let mut empty = TempFile::new(&[]);
+        assert!(matches!(
+            load_initrd(&mem, empty.file(), &kernel(0x20_0000, None)),
+            Err(Error::EmptyInitrd)
+        ));
+    }
+}

@@ -1,0 +1,195 @@
+//! Helpers shared by the integration tests: finding KVM, building the test guests and the
+//! default Linux guest, and running the `vmm` binary with a time limit.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `vmm` binary under test.
+pub fn vmm_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vmm"))
+}
+
+/// Whether `/dev/kvm` can be opened; on failure, prints a skip line for `test` and returns
+/// false. Tests that need KVM start with `if !common::kvm_or_skip("name") { return; }`.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIP {test}: /dev/kvm is not usable here ({e}); this test needs KVM");
+            eprintln!("SKIP {test}: /dev/kvm is not usable here ({e}); this test needs KVM");
+            false
+        }
+    }
+}
+
+/// True when the host's KVM is the PVM software nested hypervisor (guest kernel code is
+/// emulated; stock Linux stops in early boot).
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Runs `make` for the test guests once per test process (under a file lock, since several
+/// test binaries may build at once) and returns the path of `name` (e.g. "pvh.elf").
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let out = BUILT.get_or_init(|| {
+        let out = root().join("target").join("test-guests");
+        std::fs::create_dir_all(&out).expect("create target/test-guests");
+        let status = Command::new("flock")
+            .arg(out.join(".lock"))
+            .arg("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(root().join("tests/guests"))
+            .arg(format!("OUT={}", out.display()))
+            .status()
+            .expect("run make for the test guests (are make, gcc and flock installed?)");
+        assert!(status.success(), "building the test guests failed");
+        out
+    });
+    let path = out.join(name);
+    assert!(path.exists(), "test guest {} was not built", path.display());
+    path
+}
+
+/// Runs a resources/ script that prints the path of what it built (cached between runs).
+pub fn resource(script: &str) -> PathBuf {
+    let output = Command::new("bash")
+        .arg(root().join("resources").join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run resources/{script}: {e}"));
+    assert!(output.status.success(), "resources/{script} failed");
+    let path = String::from_utf8(output.stdout).expect("utf-8 path");
+    PathBuf::from(path.trim())
+}
+
+/// What a finished (or killed) VMM run left behind.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Starts the VMM with `args`; stdin is a pipe.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm")
+}
+
+/// Runs the VMM with `args`, feeding `input` on stdin, killing it after `limit`.
+pub fn run_vmm(args: &[&str], input: &[u8], limit: Duration) -> Run {
+    let child = spawn(args);
+    finish(child, input, limit)
+}
+
+/// Feeds `input` to a started VMM, then waits for it (killing it after `limit`).
+pub fn finish(mut child: Child, input: &[u8], limit: Duration) -> Run {
+    let start = Instant::now();
+    let stdin = child.stdin.take();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(&input);
+            // Keep stdin open a moment: EOF is not what the test is about.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut s) = stdout {
+            let _ = s.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = String::new();
+        if let Some(mut s) = stderr {
+            let _ = s.read_to_string(&mut buf);
+        }
+        buf
+    });
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for vmm") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed vmm");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let _ = writer.join();
+    Run {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        timed_out,
+        elapsed,
+    }
+}
+
+/// Reads the child's stdout until `needle` appears or `limit` passes; returns what was read.
+pub fn read_until(child: &mut Child, needle: &str, limit: Duration) -> String {
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < limit {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
+            seen.extend_from_slice(&chunk);
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}

@@ -1,0 +1,225 @@
+//! End-to-end tests of the VMM with the tiny freestanding test guests (tests/guests/).
+//! Each needs /dev/kvm and prints a SKIP line where it is missing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{finish, guest, kvm_or_skip, run_vmm, spawn};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn pvh(test: &str) -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        guest("pvh.elf").display().to_string(),
+        "--memory".into(),
+        "32".into(),
+        "--cmdline".into(),
+        test.into(),
+    ]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn serial_output_arrives_byte_for_byte() {
+    if !kvm_or_skip("serial_output_arrives_byte_for_byte") {
+        return;
+    }
+    let a = pvh("test=hello");
+    let run = run_vmm(&args(&a), b"", LIMIT);
+    assert!(!run.timed_out, "timed out: {run:?}");
+    assert_eq!(
+        run.stdout_str(),
+        "vmm-test-guest: hello from PVH guest\ncmdline: test=hello\n",
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "i8042 reset must exit 0; stderr: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn long_mode_entry_sees_zero_page() {
+    if !kvm_or_skip("long_mode_entry_sees_zero_page") {
+        return;
+    }
+    let kernel = guest("long64.elf").display().to_string();
+    let run = run_vmm(
+        &[
+            "--kernel",
+            &kernel,
+            "--memory",
+            "64",
+            "--cmdline",
+            "hello from the zero page",
+        ],
+        b"",
+        LIMIT,
+    );
+    assert!(!run.timed_out, "timed out: {run:?}");
+    let out = run.stdout_str();
+    assert!(
+        out.starts_with(
+            "vmm-test-guest: hello from 64-bit guest\ncmdline: hello from the zero page\n"
+        ),
+        "{out}\nstderr: {}",
+        run.stderr
+    );
+    // The e820 RAM entries the guest read from the zero page add up to --memory.
+    let ram: u64 = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("e820: "))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && f[2] == "1")
+                .then(|| u64::from_str_radix(f[1].trim_start_matches("0x"), 16).unwrap())
+        })
+        .sum();
+    let low_hole = 0x10_0000 - 0x9_fc00; // EBDA and legacy hole below 1 MiB
+    assert_eq!(ram + low_hole, 64 << 20, "{out}");
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
+
+#[test]
+fn stdin_reaches_the_guest_and_comes_back() {
+    if !kvm_or_skip("stdin_reaches_the_guest_and_comes_back") {
+        return;
+    }
+    let a = pvh("test=echo");
+    // More than the 16550's 64-byte FIFO, to exercise the host-side queue.
+    let text: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut input = text.clone();
+    input.push(0x04);
+    let run = run_vmm(&args(&a), &input, LIMIT);
+    assert!(!run.timed_out, "timed out: {run:?}");
+    let mut expected = b"echo: ready\n".to_vec();
+    expected.extend_from_slice(&text);
+    expected.extend_from_slice(b"\necho: done\n");
+    assert_eq!(
+        run.stdout_str(),
+        String::from_utf8(expected).unwrap(),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0));
+}
+
+#[test]
+fn every_vcpu_runs_and_reports_its_apic_id() {
+    if !kvm_or_skip("every_vcpu_runs_and_reports_its_apic_id") {
+        return;
+    }
+    let mut a = pvh("test=smp cpus=4");
+    a.extend(["--cpus".to_string(), "4".to_string()]);
+    let run = run_vmm(&args(&a), b"", LIMIT);
+    assert!(!run.timed_out, "timed out: {run:?}");
+    let out = run.stdout_str();
+    for id in 0..4 {
+        let line = format!("cpu {id} online");
+        assert_eq!(
+            out.lines().filter(|l| *l == line).count(),
+            1,
+            "{line} in:\n{out}"
+        );
+    }
+    assert!(
+        out.lines().any(|l| l == "smp: 4 cpus online"),
+        "{out}\n{}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
+
+#[test]
+fn triple_fault_exits_cleanly() {
+    if !kvm_or_skip("triple_fault_exits_cleanly") {
+        return;
+    }
+    let a = pvh("test=triple");
+    let run = run_vmm(&args(&a), b"", LIMIT);
+    assert!(!run.timed_out, "timed out: {run:?}");
+    assert_eq!(run.stdout_str(), "triple: faulting\n");
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
+
+#[test]
+fn emulation_failure_is_reported_clearly() {
+    if !kvm_or_skip("emulation_failure_is_reported_clearly") {
+        return;
+    }
+    let a = pvh("test=int3");
+    let run = run_vmm(&args(&a), b"", LIMIT);
+    assert!(!run.timed_out, "timed out: {run:?}");
+    assert_eq!(run.stdout_str(), "int3: trapping\n");
+    if common::host_is_pvm() {
+        println!("mode: PVM host (/sys/module/kvm_pvm): int3 is an emulation failure here");
+        assert_eq!(run.code(), Some(1), "stderr: {}", run.stderr);
+        let err = &run.stderr;
+        assert!(
+            err.contains("error: vCPU 0: KVM_EXIT_INTERNAL_ERROR"),
+            "{err}"
+        );
+        assert!(err.contains("RIP 0x"), "{err}");
+        assert!(err.contains("instruction bytes cc"), "{err}");
+        assert!(err.contains("/sys/module/kvm_pvm"), "{err}");
+    } else {
+        println!("mode: hardware KVM: int3 with an empty IDT triple-faults");
+        assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    }
+}
+
+fn signal_stops(test: &str, cpus: &str, signal: i32) {
+    let mut a = pvh(&format!("test={test}"));
+    a.extend(["--cpus".to_string(), cpus.to_string()]);
+    let mut child = spawn(&args(&a));
+    let ready = format!("{test}: ready\n");
+    let seen = common::read_until(&mut child, &ready, LIMIT);
+    assert!(seen.contains(&ready), "guest never got ready: {seen:?}");
+    let pid = child.id() as i32;
+    // The guest's vCPUs are busy or halted: count the VMM's threads first.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert!(
+        threads > usize::from(cpus.parse::<u8>().unwrap()),
+        "threads: {threads}"
+    );
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let run = finish(child, b"", Duration::from_secs(10));
+    assert!(
+        !run.timed_out,
+        "the VMM did not stop on signal {signal}: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process left behind"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_busy_guest() {
+    if !kvm_or_skip("sigterm_stops_a_busy_guest") {
+        return;
+    }
+    signal_stops("spin", "1", libc::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_a_halted_smp_guest() {
+    if !kvm_or_skip("sigint_stops_a_halted_smp_guest") {
+        return;
+    }
+    // vCPU 1 never receives a SIPI, so it sleeps in KVM_RUN; vCPU 0 is halted with IF=0.
+    signal_stops("halt", "2", libc::SIGINT);
+}
