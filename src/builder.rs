@@ -34,8 +34,9 @@ const I8042_PORT_LEN: u64 = 5;
 /// POST/debug port: a guest writes a byte here to mark a milestone.
 const DEBUG_PORT: u64 = 0x80;
 
-/// How often vCPU threads that have not stopped yet are kicked again.
-const KICK_INTERVAL: Duration = Duration::from_millis(10);
+/// How long to wait, at most, between two kicks of a vCPU thread that has not stopped yet
+/// (a kick can land just before the thread enters `KVM_RUN`; the next one gets it out).
+const MAX_KICK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Everything needed to build a VM.
 #[derive(Debug, Clone)]
@@ -276,7 +277,11 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         what: "the VM exit event",
         source,
     })?);
-    let (io, serial, reset_evt) = create_devices(&vm)?;
+    let Devices {
+        io,
+        serial,
+        reset_evt,
+    } = create_devices(&vm)?;
 
     let mut vcpus = Vec::with_capacity(usize::from(cpus));
     for index in 0..cpus {
@@ -315,17 +320,25 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         .unwrap_or_else(|| ExitReason::Error("the VM stopped for no recorded reason".into())))
 }
 
-fn create_devices(vm: &Vm) -> Result<(Arc<IoBuses>, Arc<Mutex<SerialDevice>>, EventFd), Error> {
+/// The legacy devices, and the handles the event loop needs to them.
+struct Devices {
+    io: Arc<IoBuses>,
+    serial: Arc<Mutex<SerialDevice>>,
+    /// Written by the i8042 when the guest pulses the reset line.
+    reset_evt: EventFd,
+}
+
+fn create_devices(vm: &Vm) -> Result<Devices, Error> {
     let io_err = |what| move |source| Error::Io { what, source };
     let bus_err = |what| move |source| Error::Bus { what, source };
     let mut pio = Bus::default();
 
     let serial_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
     vm.fd
-        .register_irqfd(&serial_evt, u32::from(layout::SERIAL_IRQ))
+        .register_irqfd(&serial_evt, layout::SERIAL_IRQ)
         .map_err(|source| Error::Irqfd {
             what: "serial",
-            gsi: u32::from(layout::SERIAL_IRQ),
+            gsi: layout::SERIAL_IRQ,
             source,
         })?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
@@ -354,7 +367,11 @@ fn create_devices(vm: &Vm) -> Result<(Arc<IoBuses>, Arc<Mutex<SerialDevice>>, Ev
         pio,
         mmio: Bus::default(),
     });
-    Ok((io, serial, reset_evt))
+    Ok(Devices {
+        io,
+        serial,
+        reset_evt,
+    })
 }
 
 fn start_vcpus(
@@ -392,6 +409,7 @@ fn start_vcpus(
 
 /// Kicks every vCPU thread out of `KVM_RUN` until all have returned, then joins them.
 fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    let mut interval = Duration::from_micros(100);
     loop {
         let running: Vec<&JoinHandle<()>> = threads.iter().filter(|t| !t.is_finished()).collect();
         if running.is_empty() {
@@ -402,7 +420,8 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
                 log::debug!("cannot kick a vCPU thread: {e}");
             }
         }
-        std::thread::sleep(KICK_INTERVAL);
+        std::thread::sleep(interval);
+        interval = (interval * 2).min(MAX_KICK_INTERVAL);
     }
     for thread in threads {
         if thread.join().is_err() {

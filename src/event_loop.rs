@@ -1,7 +1,6 @@
 //! The main thread's event loop (event-manager): bytes from stdin go to the guest's serial
 //! port; the i8042 reset line, SIGINT/SIGTERM and the vCPUs' exit requests stop the VM.
 
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 use devices::serial::SerialDevice;
@@ -37,12 +36,22 @@ impl MutEventSubscriber for StdinInput {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut buf = [0u8; 256];
+        // Read the descriptor itself: `Stdin`'s own buffer would hide bytes from epoll.
         let n = if events.event_set().contains(EventSet::IN) {
-            self.stdin.lock().read(&mut buf)
+            // SAFETY: reads into a live local buffer of the given length from fd 0.
+            let n = unsafe {
+                libc::read(
+                    libc::STDIN_FILENO,
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                )
+            };
+            usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
         } else {
             Ok(0)
         };
         match n {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Ok(0) | Err(_) => {
                 // End of input (or a hang-up): stop watching, keep the guest running.
                 let _ = ops.remove(events);

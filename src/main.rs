@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::builder::{self, VmConfig};
 use vmm::cli::Cli;
-use vmm::{timeline, vcpu};
+use vmm::timeline;
 
 /// The KVM device node; `VMM_KVM_PATH` overrides it (for tests and unusual hosts).
 const DEFAULT_KVM_PATH: &str = "/dev/kvm";
@@ -45,11 +45,6 @@ fn main() -> ExitCode {
             while let Some(cause) = source {
                 eprintln!("caused by: {cause}");
                 source = cause.source();
-            }
-            if matches!(e, builder::Error::Vm(_))
-                && std::path::Path::new(vcpu::KVM_PVM_MODULE).exists()
-            {
-                log::debug!("host KVM is PVM");
             }
             ExitCode::from(e.exit_code())
         }
