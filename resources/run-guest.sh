@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Boots the default guest: builds the guest kernel and initramfs if they are not cached yet,
+# builds vmm (release), and runs it on the serial console. Extra arguments go to vmm, e.g.
+#   resources/run-guest.sh --cpus 2 --memory 256
+# VMM_KERNEL=bzImage|vmlinux picks the kernel image (default bzImage).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+kernel_dir=$(bash "$here/build-kernel.sh")
+initramfs=$(bash "$here/build-initramfs.sh")
+cargo build --release --quiet --manifest-path "$here/../Cargo.toml"
+exec "$here/../target/release/vmm" \
+    --kernel "$kernel_dir/${VMM_KERNEL:-bzImage}" \
+    --initrd "$initramfs" \
+    --cmdline "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1" \
+    "$@"
