@@ -15,8 +15,29 @@ struct Outcome {
     stderr: String,
 }
 
+/// A copy of the vmm binary that an unprivileged user can run: the build tree may sit in a
+/// directory only its owner can enter.
+fn public_vmm() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vmm-errors-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("vmm");
+        std::fs::copy(vmm_bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    })
+    .clone()
+}
+
 fn vmm(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Outcome {
-    let mut cmd = Command::new(vmm_bin());
+    let bin = if uid.is_some() {
+        public_vmm()
+    } else {
+        vmm_bin()
+    };
+    let mut cmd = Command::new(bin);
     cmd.args(args).stdin(std::process::Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -138,7 +159,7 @@ fn unreadable_kernel() {
         o.stderr
     );
     if is_root() {
-        let secret = scratch("unreadable-kernel");
+        let secret = public_vmm().parent().unwrap().join("unreadable-kernel");
         std::fs::write(&secret, b"x").unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let path = secret.display().to_string();
