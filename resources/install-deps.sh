@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs: the guest kernel's build dependencies,
-# busybox for the initramfs, and the tools that build the freestanding test guests.
+# busybox for the initramfs, the tools that build the freestanding test guests, and QEMU
+# (the benchmark's point of comparison).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 need_pkgs build-essential make gcc binutils util-linux cpio gzip \
-    linux-source-6.1 flex bison bc libelf-dev libssl-dev lz4 xz-utils busybox-static
+    linux-source-6.1 flex bison bc libelf-dev libssl-dev lz4 xz-utils busybox-static \
+    python3 qemu-system-x86

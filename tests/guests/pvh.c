@@ -43,6 +43,9 @@ extern const char ap_tramp_start[], ap_tramp_end[];
 #define ICR_SIPI_ALL_BUT_SELF 0x000c4600u
 
 void load_zero_idt(void);
+/* blk.c: virtio-blk over virtio-mmio */
+void test_blk(const char *cmdline) __attribute__((noreturn));
+void test_blkbench(const char *cmdline) __attribute__((noreturn));
 
 static const char *cmdline = "";
 
@@ -235,6 +238,10 @@ void main(struct hvm_start_info *si)
         test_halt();
     if (str_eq(test, "write"))
         test_write();
+    if (str_eq(test, "blk"))
+        test_blk(cmdline);
+    if (str_eq(test, "blkbench"))
+        test_blkbench(cmdline);
     if (str_eq(test, "memmap") && si->magic == XEN_HVM_START_MAGIC_VALUE)
         test_memmap();
     print("unknown test ");

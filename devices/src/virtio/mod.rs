@@ -1,0 +1,237 @@
+//! Virtio devices (virtio 1.2), split into transport and device logic.
+//!
+//! - [`VirtioDevice`]: what a device does (its type, features, configuration space and queue
+//!   processing), independent of how the guest reaches it.
+//! - [`mmio::MmioTransport`]: the virtio-over-MMIO register file (virtio 1.2 §4.2, version 2) that
+//!   the guest programs; it negotiates features, collects the queue addresses and hands ready
+//!   [`Queue`]s to the device on `DRIVER_OK`.
+//! - [`block::Block`]: the block device (virtio 1.2 §5.2) on a host file.
+//!
+//! Interrupts leave a device through the small [`VirtioInterrupt`] trait. The VMM gives the
+//! transport an [`EventFdInterrupt`] and registers its eventfd with KVM as an irqfd; tests read the
+//! eventfd. Nothing here depends on `kvm-ioctls`.
+//!
+//! Queue notifications arrive the other way: the VMM registers an ioeventfd on the transport's
+//! `QueueNotify` register for each queue and, when queue `i`'s eventfd fires, calls
+//! [`VirtioDevice::process_queue`]`(i)` on the device it shares with the transport.
+
+pub mod block;
+pub mod mmio;
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use block::Block;
+pub use mmio::MmioTransport;
+pub use virtio_queue::Queue;
+
+/// `VIRTIO_F_VERSION_1` (virtio 1.2 §6): the device follows virtio 1.x, not the legacy interface.
+/// The MMIO transport refuses a driver that does not accept it.
+pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// `VIRTIO_RING_F_INDIRECT_DESC` (virtio 1.2 §2.7.5.3, §6): the driver may use indirect
+/// descriptor tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+/// `VIRTIO_RING_F_EVENT_IDX` (virtio 1.2 §2.7.7, §2.7.10, §6): notification suppression through
+/// the `used_event` / `avail_event` fields instead of the ring flags.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+/// Interrupt status bit 0, "used buffer notification" (virtio 1.2 §4.2.2, `InterruptStatus`).
+pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+/// Interrupt status bit 1, "configuration change notification" (virtio 1.2 §4.2.2).
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+
+/// The feature bit `bit` as a mask in the 64-bit feature word (virtio 1.2 §2.2).
+pub const fn feature_bit(bit: u32) -> u64 {
+    1u64 << bit
+}
+
+/// Why a device refused to start (virtio 1.2 §3.1.1, step 8: the driver set `DRIVER_OK`).
+///
+/// The transport answers by setting `DEVICE_NEEDS_RESET` in the device status (§2.1.2).
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The device needs a different number of queues than the transport gave it.
+    #[error("the device needs {expected} queues, the transport gave it {actual}")]
+    QueueCount {
+        /// Queues the device uses.
+        expected: usize,
+        /// Queues the transport passed.
+        actual: usize,
+    },
+    /// A queue the device needs was not made ready by the driver.
+    #[error("queue {index} is not ready")]
+    QueueNotReady {
+        /// Index of the queue.
+        index: usize,
+    },
+    /// The driver's queue configuration does not fit the queue (size or alignment).
+    #[error("queue {index} is configured with an invalid size or address")]
+    QueueConfig {
+        /// Index of the queue.
+        index: usize,
+        /// What virtio-queue rejected.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The rings of a ready queue are not inside guest memory.
+    #[error("the rings of queue {index} are not in guest memory")]
+    QueueNotInMemory {
+        /// Index of the queue.
+        index: usize,
+    },
+    /// The device was already started and not reset since.
+    #[error("the device is already active")]
+    AlreadyActive,
+}
+
+/// Device logic, independent of the transport (MMIO here; PCI would implement the same calls).
+///
+/// Every method is called with guest-chosen values and must not panic on any of them.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (virtio 1.2 §5: 1 = network, 2 = block).
+    fn device_type(&self) -> u32;
+
+    /// The maximum size of each of the device's queues; the slice's length is the number of
+    /// queues. Each size must be a power of two no larger than 32768 (virtio 1.2 §2.7).
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The features the device offers (virtio 1.2 §2.2), as a 64-bit mask.
+    fn avail_features(&self) -> u64;
+
+    /// Reads `data.len()` bytes of the device configuration space (virtio 1.2 §2.5) at `offset`.
+    /// Bytes beyond the end of the configuration space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device configuration space at `offset`; writes to read-only or absent fields are
+    /// ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device: the driver set `DRIVER_OK` (virtio 1.2 §3.1.1).
+    ///
+    /// `queues` holds one [`Queue`] per entry of [`queue_max_sizes`](Self::queue_max_sizes), in
+    /// order; the transport has checked every ready queue against `mem`. `acked_features` is the
+    /// feature set the driver accepted (a subset of [`avail_features`](Self::avail_features)).
+    /// The device signals the guest through `interrupt`.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        acked_features: u64,
+        interrupt: std::sync::Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError>;
+
+    /// Returns the device to its state before [`activate`](Self::activate): drops the queues,
+    /// the guest memory and the interrupt (virtio 1.2 §2.4, device reset).
+    fn reset(&mut self);
+
+    /// Whether [`activate`](Self::activate) succeeded and no [`reset`](Self::reset) followed.
+    fn is_activated(&self) -> bool;
+
+    /// Processes every available buffer of queue `queue_index`: the driver notified the queue
+    /// (the VMM's event loop calls this when that queue's ioeventfd fires; the transport calls it
+    /// on a trapped `QueueNotify` write). Returns whether the guest was sent a used buffer
+    /// notification. Does nothing and returns `false` for an unknown queue or an inactive device.
+    fn process_queue(&mut self, queue_index: usize) -> bool;
+}
+
+/// Notifications from a device to the driver (virtio 1.2 §2.3).
+pub trait VirtioInterrupt: Send + Sync {
+    /// Sends a used buffer notification: the device put buffers in a used ring.
+    fn signal_used_queue(&self) -> io::Result<()>;
+    /// Sends a configuration change notification (also used for `DEVICE_NEEDS_RESET`, §2.1.2).
+    fn signal_config_change(&self) -> io::Result<()>;
+}
+
+/// A [`VirtioInterrupt`] over an eventfd that the VMM registers with KVM as an irqfd, plus the
+/// `InterruptStatus` bits the MMIO transport shows the driver (virtio 1.2 §4.2.2).
+///
+/// A notification first sets its bit in the status, then signals the eventfd, so a guest that
+/// takes the interrupt always finds the reason; the driver clears bits through `InterruptACK`.
+#[derive(Debug)]
+pub struct EventFdInterrupt {
+    irqfd: EventFd,
+    status: AtomicU32,
+}
+
+impl EventFdInterrupt {
+    /// Wraps `irqfd`; nothing is pending.
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            irqfd,
+            status: AtomicU32::new(0),
+        }
+    }
+
+    /// The eventfd to register with KVM as the device's irqfd.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+
+    /// The pending interrupt reasons ([`VIRTIO_MMIO_INT_VRING`], [`VIRTIO_MMIO_INT_CONFIG`]).
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears the reasons in `bits` (the driver wrote `InterruptACK`).
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears every pending reason (device reset).
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    fn signal(&self, bit: u32) -> io::Result<()> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+}
+
+impl VirtioInterrupt for EventFdInterrupt {
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.signal(VIRTIO_MMIO_INT_VRING)
+    }
+
+    fn signal_config_change(&self) -> io::Result<()> {
+        self.signal(VIRTIO_MMIO_INT_CONFIG)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn eventfd_interrupt_sets_status_then_signals() {
+        let irq = EventFdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        assert_eq!(irq.status(), 0);
+        assert_eq!(
+            irq.irqfd().read().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+
+        irq.signal_used_queue().unwrap();
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
+        irq.signal_config_change().unwrap();
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(irq.irqfd().read().unwrap(), 2);
+
+        irq.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+        irq.signal_used_queue().unwrap();
+        irq.clear();
+        assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn feature_bits() {
+        assert_eq!(feature_bit(VIRTIO_F_VERSION_1), 1 << 32);
+        assert_eq!(feature_bit(VIRTIO_RING_F_EVENT_IDX), 1 << 29);
+        assert_eq!(feature_bit(VIRTIO_RING_F_INDIRECT_DESC), 1 << 28);
+    }
+}
