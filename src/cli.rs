@@ -42,10 +42,67 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub cpus: u16,
 
+    /// Root disk image (a raw file): attached as the first virtio-blk disk, /dev/vda, and
+    /// `root=/dev/vda rw` is added to the command line (`ro` with --rootfs-ro).
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
+
+    /// Attach the root disk read-only: the file is opened read-only and the guest's writes fail.
+    #[arg(long, requires = "rootfs")]
+    pub rootfs_ro: bool,
+
+    /// More disks, in order after the root disk (/dev/vdb, …): `path=PATH[,ro][,id=ID]`.
+    /// Repeatable. `ro` opens the file read-only; `id` is the serial the guest reads (20 bytes
+    /// at most).
+    #[arg(long = "drive", value_name = "path=PATH[,ro][,id=ID]", value_parser = parse_drive)]
+    pub drives: Vec<DriveSpec>,
+
     /// Print a boot timeline on stderr: milliseconds since the VMM started, for each phase,
     /// and each byte the guest writes to the debug port 0x80.
     #[arg(long)]
     pub timings: bool,
+}
+
+/// One disk from `--drive path=PATH[,ro][,id=ID]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub id: Option<String>,
+}
+
+/// The longest disk id virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
+pub const MAX_DRIVE_ID_LEN: usize = 20;
+
+fn parse_drive(s: &str) -> Result<DriveSpec, String> {
+    let mut path = None;
+    let mut read_only = false;
+    let mut id = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            Some(("id", v)) => {
+                if v.is_empty() || v.len() > MAX_DRIVE_ID_LEN || !v.is_ascii() {
+                    return Err(format!(
+                        "id={v:?}: an id is 1 to {MAX_DRIVE_ID_LEN} ASCII characters"
+                    ));
+                }
+                id = Some(v.to_string());
+            }
+            None if part == "ro" => read_only = true,
+            _ => {
+                return Err(format!(
+                    "unknown drive option {part:?}; expected path=PATH[,ro][,id=ID]"
+                ))
+            }
+        }
+    }
+    let path = path.ok_or("missing path=PATH; expected path=PATH[,ro][,id=ID]")?;
+    Ok(DriveSpec {
+        path,
+        read_only,
+        id,
+    })
 }
 
 #[cfg(test)]
@@ -88,6 +145,61 @@ mod tests {
         assert_eq!(cli.memory, 512);
         assert_eq!(cli.cpus, 4);
         assert!(cli.timings);
+    }
+
+    #[test]
+    fn rootfs_and_drives() {
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--rootfs",
+            "root.img",
+            "--rootfs-ro",
+            "--drive",
+            "path=a.img",
+            "--drive",
+            "path=b.img,ro,id=disk-b",
+        ])
+        .unwrap();
+        assert_eq!(cli.rootfs, Some(PathBuf::from("root.img")));
+        assert!(cli.rootfs_ro);
+        assert_eq!(
+            cli.drives,
+            vec![
+                DriveSpec {
+                    path: "a.img".into(),
+                    read_only: false,
+                    id: None
+                },
+                DriveSpec {
+                    path: "b.img".into(),
+                    read_only: true,
+                    id: Some("disk-b".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_drives_are_usage_errors() {
+        for bad in [
+            "ro",
+            "path=",
+            "path=a,rw",
+            "path=a,id=",
+            "path=a,id=123456789012345678901",
+            "file=a",
+        ] {
+            let err = parse(&["--kernel", "k", "--drive", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+        // --rootfs-ro needs --rootfs.
+        assert_eq!(
+            parse(&["--kernel", "k", "--rootfs-ro"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
     }
 
     #[test]
