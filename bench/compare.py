@@ -7,16 +7,25 @@ guest from tests/guests/):
 
   first-line   spawn → the guest's first serial line (test=hello; the guest then resets)
   cpu          user+sys CPU time of the whole hello run (wait4 rusage)
-  peak-rss     peak RSS of the VMM process over the hello run (wait4 ru_maxrss)
-  overhead     RSS beyond the guest RAM mapping, with the guest idle after its first line
-               (test=halt; /proc/PID/smaps, the mapping the size of guest RAM excluded)
+  peak-rss     peak RSS (VmHWM) of the VMM process once the guest's first line is out
+               (test=halt: the guest then idles; wait4's ru_maxrss is not used because it
+               counts the forking Python process's own pages)
+  overhead     RSS beyond the guest RAM mapping at that point (/proc/PID/smaps, the mapping
+               the size of guest RAM excluded)
   serial       serial throughput: the guest writes BYTES bytes to COM1 (test=write)
+  blk-*        virtio-blk from the guest's minimal driver (test=blkbench) on a raw image:
+               sequential write (then flush) and read of BLK_MB MiB in 128 KiB requests, and
+               4 KiB random reads; phases timed by the guest's debug-port marks (port 0x80:
+               vmm's --timings lines; QEMU's isa-debugcon into a FIFO, timestamped here)
 
 Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--guest PATH]
 """
 
 import argparse
 import os
+import re
+import tempfile
+import threading
 import select
 import signal
 import statistics
@@ -36,21 +45,32 @@ QEMU = [
 ]
 
 
-def vmm_cmd(vmm, guest, cmdline):
-    return [vmm, "--kernel", guest, "--memory", str(MEM_MIB), "--cmdline", cmdline]
+def vmm_cmd(vmm, guest, cmdline, disk=None, debug_fifo=None):
+    argv = [vmm, "--kernel", guest, "--memory", str(MEM_MIB), "--cmdline", cmdline]
+    if disk:
+        argv += ["--drive", f"path={disk}", "--timings"]
+    return argv
 
 
-def qemu_cmd(_vmm, guest, cmdline):
-    return QEMU + ["-kernel", guest, "-append", cmdline]
+def qemu_cmd(_vmm, guest, cmdline, disk=None, debug_fifo=None):
+    argv = QEMU + ["-kernel", guest, "-append", cmdline]
+    if disk:
+        argv += ["-global", "virtio-mmio.force-legacy=false",
+                 "-drive", f"id=d0,file={disk},format=raw,if=none",
+                 "-device", "virtio-blk-device,drive=d0"]
+    if debug_fifo:
+        argv += ["-chardev", f"pipe,id=dbg,path={debug_fifo}",
+                 "-device", "isa-debugcon,iobase=0x80,chardev=dbg"]
+    return argv
 
 
 class Spawned:
     """A VMM process with stdout read incrementally, timed from just before spawn."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, stderr=subprocess.DEVNULL):
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=stderr)
         self.buf = b""
 
     def wait_for(self, needle, limit=120.0):
@@ -68,6 +88,23 @@ class Spawned:
                     raise EOFError(f"exited before {needle!r}; got {self.buf[-200:]!r}")
                 self.buf += chunk
         return time.perf_counter() - self.t0
+
+    def wait_for_line(self, prefix, limit=120.0):
+        """The whole output line that starts with `prefix` (bytes)."""
+        self.wait_for(prefix, limit)
+        start = self.buf.index(prefix)
+        while b"\n" not in self.buf[start:]:
+            self._more(limit)
+        return self.buf[start:self.buf.index(b"\n", start)]
+
+    def _more(self, limit):
+        r, _, _ = select.select([self.proc.stdout.fileno()], [], [], limit)
+        if not r:
+            raise TimeoutError("no more output")
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        if not chunk:
+            raise EOFError("output ended")
+        self.buf += chunk
 
     def drain_and_wait(self, limit=120.0):
         """Reads stdout to EOF and reaps the process; returns its rusage."""
@@ -112,18 +149,26 @@ def hello_run(make, vmm, guest):
     return {
         "first-line": first * 1000.0,
         "cpu": (ru.ru_utime + ru.ru_stime) * 1000.0,
-        "peak-rss": ru.ru_maxrss / 1024.0,
     }
+
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
 
 
 def idle_run(make, vmm, guest):
     s = Spawned(make(vmm, guest, "test=halt"))
     s.wait_for(b"halt: ready\n")
     time.sleep(0.05)
+    hwm = vm_hwm_kib(s.proc.pid)
     kib = overhead_kib(s.proc.pid, MEM_MIB * 1024)
     s.proc.send_signal(signal.SIGTERM)
     s.drain_and_wait()
-    return {"overhead": kib / 1024.0}
+    return {"peak-rss": hwm / 1024.0, "overhead": kib / 1024.0}
 
 
 def serial_run(make, vmm, guest, nbytes):
@@ -134,12 +179,64 @@ def serial_run(make, vmm, guest, nbytes):
     return {"serial": nbytes / (end - start) / 1024.0}
 
 
+BLK_PHASES = {"blk-write": (0x10, 0x11), "blk-read": (0x12, 0x13), "blk-4k": (0x14, 0x15)}
+
+
+def blk_run(name, make, vmm, guest, blk_mb, ops):
+    """Phase times (s) from the guest's debug-port marks, as throughput/rate."""
+    cmdline = f"test=blkbench mb={blk_mb} ops={ops}"
+    with tempfile.TemporaryDirectory() as tmp:
+        disk = os.path.join(tmp, "disk.img")
+        with open(disk, "wb") as f:
+            f.truncate((blk_mb + 1) << 20)
+        marks = {}
+        if name == "qemu":
+            fifo = os.path.join(tmp, "debugcon")
+            os.mkfifo(fifo)
+
+            def reader():
+                with open(fifo, "rb", buffering=0) as f:
+                    while True:
+                        b = f.read(1)
+                        if not b:
+                            return
+                        marks.setdefault(b[0], time.perf_counter())
+
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
+            s = Spawned(make(vmm, guest, cmdline, disk=disk, debug_fifo=fifo))
+            result = s.wait_for_line(b"blkbench: write ")
+            s.proc.send_signal(signal.SIGTERM)
+            s.drain_and_wait()
+        else:
+            err = tempfile.TemporaryFile()
+            s = Spawned(make(vmm, guest, cmdline, disk=disk), stderr=err)
+            result = s.wait_for_line(b"blkbench: write ")
+            s.drain_and_wait()
+            err.seek(0)
+            for line in err.read().decode(errors="replace").splitlines():
+                m = re.search(r"\[vmm +([0-9.]+) ms\] guest debug port 0x80: (0x[0-9a-f]+)", line)
+                if m:
+                    marks.setdefault(int(m.group(2), 16), float(m.group(1)) / 1000.0)
+        if not result.endswith(b"errors 0"):
+            raise RuntimeError(f"{name}: blkbench reported errors: {result!r}")
+    t = {k: marks[b] - marks[a] for k, (a, b) in BLK_PHASES.items()}
+    return {
+        "blk-write": blk_mb / t["blk-write"],
+        "blk-read": blk_mb / t["blk-read"],
+        "blk-4k": ops / t["blk-4k"],
+    }
+
+
 ROWS = [
     ("first-line", "spawn → first serial line", "ms", False),
     ("cpu", "CPU time, user+sys (hello run)", "ms", False),
-    ("peak-rss", "peak RSS of the VMM process", "MiB", False),
+    ("peak-rss", "peak RSS of the VMM process at the first line", "MiB", False),
     ("overhead", f"RSS beyond guest RAM ({MEM_MIB} MiB guest, idle)", "MiB", False),
     ("serial", "serial output throughput", "KiB/s", True),
+    ("blk-write", "virtio-blk sequential write + flush, 128 KiB requests", "MiB/s", True),
+    ("blk-read", "virtio-blk sequential read, 128 KiB requests", "MiB/s", True),
+    ("blk-4k", "virtio-blk 4 KiB random reads", "req/s", True),
 ]
 
 
@@ -147,6 +244,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--serial-bytes", type=int, default=65536)
+    ap.add_argument("--blk-mb", type=int, default=16)
+    ap.add_argument("--blk-ops", type=int, default=2000)
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/release/vmm"))
     ap.add_argument("--guest", default=None)
     args = ap.parse_args()
@@ -167,7 +266,8 @@ def main():
         for name, make in order:
             for sample in (hello_run(make, args.vmm, args.guest),
                            idle_run(make, args.vmm, args.guest),
-                           serial_run(make, args.vmm, args.guest, args.serial_bytes)):
+                           serial_run(make, args.vmm, args.guest, args.serial_bytes),
+                           blk_run(name, make, args.vmm, args.guest, args.blk_mb, args.blk_ops)):
                 for key, value in sample.items():
                     results[name].setdefault(key, []).append(value)
         print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
@@ -182,7 +282,7 @@ def main():
         ratio = statistics.median(v) / statistics.median(q)
         print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
     print(f"\n{args.runs} runs each, alternating; serial: {args.serial_bytes} bytes; "
-          f"guest RAM {MEM_MIB} MiB.")
+          f"blk: {args.blk_mb} MiB, {args.blk_ops} 4 KiB reads; guest RAM {MEM_MIB} MiB.")
 
 
 if __name__ == "__main__":

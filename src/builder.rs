@@ -46,7 +46,19 @@ pub struct VmConfig {
     pub cmdline: String,
     pub memory_mib: u64,
     pub cpus: u16,
+    /// Disks in guest order (/dev/vda first).
+    pub disks: Vec<DiskConfig>,
+    /// The first disk is the root file system: `root=/dev/vda rw|ro` goes on the command line.
+    pub root_disk: bool,
     pub kvm_path: PathBuf,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub id: Option<String>,
 }
 
 /// Errors while building or running a VM. `exit_code()` tells usage errors (2) from runtime
@@ -87,6 +99,20 @@ pub enum Error {
         #[source]
         source: boot::Error,
     },
+    #[error("cannot use the disk image {path}")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: crate::disk::Error,
+    },
+    #[error("cannot attach the disk image {path}")]
+    Block {
+        path: PathBuf,
+        #[source]
+        source: devices::virtio::block::BlockError,
+    },
+    #[error("cannot attach a virtio device")]
+    Virtio(#[source] crate::device_manager::Error),
     #[error("the kernel command line is invalid")]
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("cannot create {mib} MiB of guest memory")]
@@ -137,6 +163,8 @@ impl Error {
             | Error::LoadKernel { .. }
             | Error::OpenInitrd { .. }
             | Error::LoadInitrd { .. }
+            | Error::Disk { .. }
+            | Error::Block { .. }
             | Error::Cmdline(_) => 2,
             _ => 1,
         }
@@ -199,7 +227,7 @@ fn check_config(config: &VmConfig) -> Result<(), Error> {
 
 /// Opens the kernel and initrd and checks the kernel's format, before KVM is touched, so
 /// that a wrong path is reported as such on any host.
-fn open_inputs(config: &VmConfig) -> Result<(File, Option<File>), Error> {
+fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
     let mut kernel = open(&config.kernel).map_err(|source| Error::OpenKernel {
         path: config.kernel.clone(),
         source,
@@ -215,19 +243,62 @@ fn open_inputs(config: &VmConfig) -> Result<(File, Option<File>), Error> {
         })?),
         None => None,
     };
-    Ok((kernel, initrd))
+    let mut disks = Vec::with_capacity(config.disks.len());
+    for disk in &config.disks {
+        let file =
+            crate::disk::open_disk(&disk.path, disk.read_only).map_err(|source| Error::Disk {
+                path: disk.path.clone(),
+                source,
+            })?;
+        disks.push((disk.clone(), file));
+    }
+    if disks.len() > crate::device_manager::MAX_VIRTIO_DEVICES {
+        return Err(Error::Virtio(crate::device_manager::Error::TooManyDevices));
+    }
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
+    cmdline
+        .insert_str(&config.cmdline)
+        .map_err(Error::Cmdline)?;
+    if config.root_disk {
+        let mode = match config.disks.first() {
+            Some(d) if d.read_only => "ro",
+            _ => "rw",
+        };
+        cmdline
+            .insert_str(format!("root=/dev/vda {mode}"))
+            .map_err(Error::Cmdline)?;
+    }
+    Ok(Inputs {
+        kernel,
+        initrd,
+        disks,
+        cmdline,
+    })
+}
+
+/// The user's files, opened and checked, and the command line so far.
+struct Inputs {
+    kernel: File,
+    initrd: Option<File>,
+    disks: Vec<(DiskConfig, File)>,
+    cmdline: Cmdline,
 }
 
 /// Builds the VM described by `config`, runs it to the end, and says why it ended.
 pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
     check_config(config)?;
-    let (mut kernel_file, initrd_file) = open_inputs(config)?;
+    let Inputs {
+        kernel: mut kernel_file,
+        initrd: initrd_file,
+        disks,
+        mut cmdline,
+    } = open_inputs(config)?;
     let signal_evt = signals::install().map_err(|source| Error::Io {
         what: "signal handling",
         source,
     })?;
 
-    let vm = Vm::new(&config.kvm_path)?;
+    let vm = Arc::new(Vm::new(&config.kvm_path)?);
     if usize::from(config.cpus) > vm.max_vcpus {
         return Err(Error::TooManyCpus {
             requested: config.cpus,
@@ -241,8 +312,25 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         mib: config.memory_mib,
         source: source.into(),
     })?;
-    vm.register_memory(&mem)?;
     timeline::mark("memory mapped");
+    // Registering guest memory with KVM is the slowest step of start-up on some hosts (a
+    // fixed ~5 ms in KVM_SET_USER_MEMORY_REGION on PVM, whatever the size): it runs on its
+    // own thread while the kernel is loaded and the devices and vCPUs are set up, none of
+    // which needs it. The vCPUs start only once it is done.
+    let slots = {
+        let (vm, mem) = (vm.clone(), mem.clone());
+        std::thread::Builder::new()
+            .name("memslots".into())
+            .spawn(move || {
+                let result = vm.register_memory(&mem);
+                timeline::mark("memory registered with KVM");
+                result
+            })
+            .map_err(|source| Error::Io {
+                what: "a thread",
+                source,
+            })?
+    };
 
     let kernel =
         loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
@@ -258,20 +346,7 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         ),
         _ => None,
     };
-    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
-    cmdline
-        .insert_str(&config.cmdline)
-        .map_err(Error::Cmdline)?;
     timeline::mark("kernel and initrd loaded");
-
-    let boot_err = |e: boot::Error| Error::BootStructures(e);
-    params::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), mem_size)
-        .map_err(|e| boot_err(e.into()))?;
-    // check_config made sure the count fits the MP table's u8.
-    let cpus = config.cpus as u8;
-    mptable::setup_mptable(&mem, cpus).map_err(|e| boot_err(e.into()))?;
-    boot::gdt::write_gdt_and_idt(&mem).map_err(|e| boot_err(e.into()))?;
-    paging::setup_identity_paging(&mem).map_err(|e| boot_err(e.into()))?;
 
     let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
         what: "the VM exit event",
@@ -281,7 +356,21 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         io,
         serial,
         reset_evt,
-    } = create_devices(&vm)?;
+        queue_handlers,
+        virtio_cmdline,
+    } = create_devices(&vm, &mem, disks)?;
+    for entry in virtio_cmdline {
+        cmdline.insert_str(entry).map_err(Error::Cmdline)?;
+    }
+
+    let boot_err = |e: boot::Error| Error::BootStructures(e);
+    params::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), mem_size)
+        .map_err(|e| boot_err(e.into()))?;
+    // check_config made sure the count fits the MP table's u8.
+    let cpus = config.cpus as u8;
+    mptable::setup_mptable(&mem, cpus).map_err(|e| boot_err(e.into()))?;
+    boot::gdt::write_gdt_and_idt(&mem).map_err(|e| boot_err(e.into()))?;
+    paging::setup_identity_paging(&mem).map_err(|e| boot_err(e.into()))?;
 
     let mut vcpus = Vec::with_capacity(usize::from(cpus));
     for index in 0..cpus {
@@ -301,7 +390,14 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         signal_evt,
     ))));
     manager.add_subscriber(Arc::new(Mutex::new(event_loop::StdinInput::new(serial))));
+    for handler in queue_handlers {
+        manager.add_subscriber(Arc::new(Mutex::new(handler)));
+    }
 
+    slots.join().map_err(|_| Error::Io {
+        what: "guest memory",
+        source: io::Error::other("the memory registration thread panicked"),
+    })??;
     let _raw_mode = crate::terminal::RawModeGuard::new().map_err(|source| Error::Io {
         what: "the terminal (raw mode)",
         source,
@@ -326,9 +422,17 @@ struct Devices {
     serial: Arc<Mutex<SerialDevice>>,
     /// Written by the i8042 when the guest pulses the reset line.
     reset_evt: EventFd,
+    /// One per virtio device: runs its queues on the event loop.
+    queue_handlers: Vec<crate::device_manager::QueueHandler>,
+    /// `virtio_mmio.device=` entries for the kernel command line.
+    virtio_cmdline: Vec<String>,
 }
 
-fn create_devices(vm: &Vm) -> Result<Devices, Error> {
+fn create_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    disks: Vec<(DiskConfig, File)>,
+) -> Result<Devices, Error> {
     let io_err = |what| move |source| Error::Io { what, source };
     let bus_err = |what| move |source| Error::Bus { what, source };
     let mut pio = Bus::default();
@@ -363,14 +467,27 @@ fn create_devices(vm: &Vm) -> Result<Devices, Error> {
     pio.insert(Arc::new(Mutex::new(debug)), DEBUG_PORT, 1)
         .map_err(bus_err("the debug port"))?;
 
-    let io = Arc::new(IoBuses {
-        pio,
-        mmio: Bus::default(),
-    });
+    let mut mmio = Bus::default();
+    let mut manager = crate::device_manager::DeviceManager::default();
+    let mut queue_handlers = Vec::new();
+    for (disk, file) in disks {
+        let block = devices::virtio::block::Block::new(file, disk.read_only, disk.id.clone())
+            .map_err(|source| Error::Block {
+                path: disk.path.clone(),
+                source,
+            })?;
+        let handler = manager
+            .attach(&vm.fd, mem, &mut mmio, Arc::new(Mutex::new(block)))
+            .map_err(Error::Virtio)?;
+        queue_handlers.push(handler);
+    }
+    let io = Arc::new(IoBuses { pio, mmio });
     Ok(Devices {
         io,
         serial,
         reset_evt,
+        queue_handlers,
+        virtio_cmdline: manager.cmdline_entries(),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod builder;
 pub mod cli;
 pub mod console;
 pub mod cpuid;
+pub mod device_manager;
 pub mod disk;
 pub mod event_loop;
 pub mod exit;

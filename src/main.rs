@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::builder::{self, VmConfig};
+use vmm::builder::{self, DiskConfig, VmConfig};
 use vmm::cli::Cli;
 use vmm::timeline;
 
@@ -19,7 +19,23 @@ fn main() -> ExitCode {
     timeline::enable(cli.timings);
     timeline::mark("arguments parsed");
 
+    let mut disks: Vec<DiskConfig> = cli
+        .rootfs
+        .iter()
+        .map(|path| DiskConfig {
+            path: path.clone(),
+            read_only: cli.rootfs_ro,
+            id: None,
+        })
+        .collect();
+    disks.extend(cli.drives.iter().map(|d| DiskConfig {
+        path: d.path.clone(),
+        read_only: d.read_only,
+        id: d.id.clone(),
+    }));
     let config = VmConfig {
+        root_disk: cli.rootfs.is_some(),
+        disks,
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,

@@ -160,7 +160,7 @@ fn emulation_failure_is_reported_clearly() {
     assert!(!run.timed_out, "timed out: {run:?}");
     assert_eq!(run.stdout_str(), "int3: trapping\n");
     if common::host_is_pvm() {
-        println!("mode: PVM host (/sys/module/kvm_pvm): int3 is an emulation failure here");
+        common::say("mode: PVM host (/sys/module/kvm_pvm): int3 is an emulation failure here");
         assert_eq!(run.code(), Some(1), "stderr: {}", run.stderr);
         let err = &run.stderr;
         assert!(
@@ -171,7 +171,7 @@ fn emulation_failure_is_reported_clearly() {
         assert!(err.contains("instruction bytes cc"), "{err}");
         assert!(err.contains("/sys/module/kvm_pvm"), "{err}");
     } else {
-        println!("mode: hardware KVM: int3 with an empty IDT triple-faults");
+        common::say("mode: hardware KVM: int3 with an empty IDT triple-faults");
         assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
     }
 }

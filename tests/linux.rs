@@ -27,47 +27,44 @@ fn e820_usable_bytes(out: &str) -> u64 {
         .sum()
 }
 
-fn boot_linux(image: &str, cpus: u16) -> (Run, String) {
+const CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1";
+
+/// Boots `image` from the default kernel build with `disk_args` (the initramfs when empty).
+fn boot_linux(image: &str, cpus: u16, disk_args: &[String]) -> Run {
     let kernel_dir = resource("build-kernel.sh");
-    let initramfs = resource("build-initramfs.sh");
     let kernel = kernel_dir.join(image).display().to_string();
-    let initrd = initramfs.display().to_string();
-    let cmdline = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1";
-    let run = run_vmm(
-        &[
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
-            "--memory",
-            &MEMORY_MIB.to_string(),
-            "--cpus",
-            &cpus.to_string(),
-            "--cmdline",
-            cmdline,
-        ],
+    let mut args: Vec<String> = vec![
+        "--kernel".into(),
+        kernel,
+        "--memory".into(),
+        MEMORY_MIB.to_string(),
+        "--cpus".into(),
+        cpus.to_string(),
+        "--cmdline".into(),
+        CMDLINE.into(),
+    ];
+    if disk_args.is_empty() {
+        let initramfs = resource("build-initramfs.sh");
+        args.extend(["--initrd".to_string(), initramfs.display().to_string()]);
+    } else {
+        args.extend(disk_args.iter().cloned());
+    }
+    run_vmm(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         b"",
         LIMIT,
-    );
-    (run, cmdline.to_string())
+    )
 }
 
-fn check_linux_boot(test: &str, image: &str, cpus: u16) {
-    if !kvm_or_skip(test) {
-        return;
-    }
-    let (run, cmdline) = boot_linux(image, cpus);
-    assert!(
-        !run.timed_out,
-        "{test}: the VMM hung; stderr: {}",
-        run.stderr
-    );
+/// Checks the early-boot milestones every host reaches; returns the guest's output.
+fn check_early_boot(run: &Run, cmdline: &str, cpus: u16) -> String {
+    assert!(!run.timed_out, "the VMM hung; stderr: {}", run.stderr);
     let out = run.stdout_str();
     assert!(out.contains("Linux version 6.1"), "{out}\n{}", run.stderr);
     assert!(
         out.contains(&format!("Command line: {cmdline}\r\n"))
             || out.contains(&format!("Command line: {cmdline}\n")),
-        "{out}"
+        "exact command line {cmdline:?} in:\n{out}"
     );
     // The usable RAM in e820 is all of --memory but the EBDA and the legacy hole below 1 MiB.
     let legacy_hole = 0x10_0000 - 0x9_fc00;
@@ -87,18 +84,34 @@ fn check_linux_boot(test: &str, image: &str, cpus: u16) {
         );
     }
     assert!(out.contains(&format!("Processors: {cpus}")), "{out}");
+    out
+}
+
+/// On a PVM host the guest must end with the VMM's clear emulation-failure message.
+fn check_pvm_exit(test: &str, run: &Run) {
+    common::say(&format!("{test}: mode PVM (/sys/module/kvm_pvm exists): expecting early boot and a clear emulation-failure exit"));
+    assert_eq!(run.code(), Some(1), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("KVM_EXIT_INTERNAL_ERROR"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("instruction bytes"), "{}", run.stderr);
+    assert!(run.stderr.contains("kvm_pvm"), "{}", run.stderr);
+}
+
+fn check_linux_boot(test: &str, image: &str, cpus: u16) {
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let run = boot_linux(image, cpus, &[]);
+    let out = check_early_boot(&run, CMDLINE, cpus);
     if host_is_pvm() {
-        println!("{test}: mode PVM (/sys/module/kvm_pvm exists): expecting early boot and a clear emulation-failure exit");
-        assert_eq!(run.code(), Some(1), "stderr: {}", run.stderr);
-        assert!(
-            run.stderr.contains("KVM_EXIT_INTERNAL_ERROR"),
-            "{}",
-            run.stderr
-        );
-        assert!(run.stderr.contains("instruction bytes"), "{}", run.stderr);
-        assert!(run.stderr.contains("kvm_pvm"), "{}", run.stderr);
+        check_pvm_exit(test, &run);
     } else {
-        println!("{test}: mode hardware KVM: expecting /init and a clean reboot");
+        common::say(&format!(
+            "{test}: mode hardware KVM: expecting /init and a clean reboot"
+        ));
         assert!(out.contains("VMM-INIT-OK uptime="), "{out}\n{}", run.stderr);
         assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
     }
@@ -112,4 +125,45 @@ fn linux_pvh_vmlinux_boots_with_two_cpus() {
 #[test]
 fn linux_bzimage_boots() {
     check_linux_boot("linux_bzimage_boots", "bzImage", 1);
+}
+
+#[test]
+fn linux_boots_from_the_root_disk() {
+    let test = "linux_boots_from_the_root_disk";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    // A private copy: the guest mounts it read-write.
+    let pristine = resource("build-rootfs.sh");
+    let dir = common::root().join("target").join("test-scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("linux-rootfs.ext4");
+    std::fs::copy(&pristine, &disk).unwrap();
+    let run = boot_linux(
+        "vmlinux",
+        1,
+        &["--rootfs".to_string(), disk.display().to_string()],
+    );
+    // The VMM appended the root disk and its virtio-mmio slot to the command line.
+    let cmdline = format!("{CMDLINE} root=/dev/vda rw virtio_mmio.device=4K@0xd0000000:5");
+    let out = check_early_boot(&run, &cmdline, 1);
+    if host_is_pvm() {
+        check_pvm_exit(test, &run);
+    } else {
+        common::say(&format!(
+            "{test}: mode hardware KVM: expecting the root disk mounted and its init run"
+        ));
+        let id = std::process::Command::new("debugfs")
+            .args(["-R", "cat /etc/vmm-rootfs-id"])
+            .arg(&pristine)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        assert!(
+            out.contains(&format!("VMM-ROOTFS-OK {id}")),
+            "{out}\n{}",
+            run.stderr
+        );
+        assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    }
 }

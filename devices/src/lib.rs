@@ -8,12 +8,14 @@
 //! - [`serial`]: the 16550 UART console (COM1), on top of `vm_superio::Serial`.
 //! - [`i8042`]: the one bit of the PS/2 controller a guest needs to reboot (`reboot=k`).
 //! - [`debug_port`]: port 0x80, where a guest writes a byte to mark a boot milestone.
+//! - [`virtio`]: the virtio-mmio transport and the virtio-blk device (virtio 1.2 §4.2, §5.2).
 
 pub mod bus;
 pub mod debug_port;
 pub mod i8042;
 pub mod interrupt;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use debug_port::DebugPort;

@@ -28,11 +28,17 @@ pub fn kvm_or_skip(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            println!("SKIP {test}: /dev/kvm is not usable here ({e}); this test needs KVM");
-            eprintln!("SKIP {test}: /dev/kvm is not usable here ({e}); this test needs KVM");
+            say(&format!(
+                "SKIP {test}: /dev/kvm is not usable here ({e}); this test needs KVM"
+            ));
             false
         }
     }
+}
+
+/// Prints a line that the test harness does not capture (skip and mode lines must show).
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// True when the host's KVM is the PVM software nested hypervisor (guest kernel code is

@@ -17,6 +17,8 @@
 
 pub mod block;
 pub mod mmio;
+#[cfg(test)]
+mod test_utils;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,7 +35,8 @@ pub use virtio_queue::Queue;
 pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// `VIRTIO_RING_F_INDIRECT_DESC` (virtio 1.2 §2.7.5.3, §6): the driver may use indirect
 /// descriptor tables.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 =
+    virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// `VIRTIO_RING_F_EVENT_IDX` (virtio 1.2 §2.7.7, §2.7.10, §6): notification suppression through
 /// the `used_event` / `avail_event` fields instead of the ring flags.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;

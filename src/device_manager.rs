@@ -1,0 +1,180 @@
+//! The virtio device manager: one virtio-mmio slot per device in the 32-bit MMIO gap, one GSI
+//! each, an ioeventfd per queue on QueueNotify (a notification costs no exit to userspace),
+//! an irqfd per device, and the `virtio_mmio.device=SIZE@ADDR:IRQ` entries for the kernel
+//! command line (Linux drivers/virtio/virtio_mmio.c, VIRTIO_MMIO_CMDLINE_DEVICES).
+
+use std::sync::{Arc, Mutex};
+
+use boot::layout;
+use devices::virtio::mmio::MmioTransport;
+use devices::virtio::{EventFdInterrupt, VirtioDevice};
+use devices::Bus;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The QueueNotify register's offset in a virtio-mmio slot (virtio 1.2 §4.2.2).
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+/// The first GSI for virtio devices: past the legacy ISA interrupts the VMM uses (timer 0,
+/// keyboard 1, cascade 2, COM2 3, COM1 4).
+pub const FIRST_VIRTIO_IRQ: u32 = 5;
+/// How many virtio devices fit: one IOAPIC pin each from FIRST_VIRTIO_IRQ up.
+pub const MAX_VIRTIO_DEVICES: usize = layout::IOAPIC_NUM_PINS as usize - FIRST_VIRTIO_IRQ as usize;
+
+/// Errors while attaching a virtio device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "too many virtio devices: at most {MAX_VIRTIO_DEVICES} fit on the interrupt controller"
+    )]
+    TooManyDevices,
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot register the interrupt (irqfd for GSI {gsi}) with KVM")]
+    Irqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot register the queue {queue} notification (ioeventfd at {addr:#x}) with KVM")]
+    Ioeventfd {
+        queue: usize,
+        addr: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot map the virtio-mmio slot at {addr:#x}")]
+    Bus {
+        addr: u64,
+        #[source]
+        source: devices::BusError,
+    },
+}
+
+/// Where a device was placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioSlot {
+    pub addr: u64,
+    pub size: u64,
+    pub irq: u32,
+}
+
+impl MmioSlot {
+    /// The slot of the `index`-th virtio device.
+    pub fn for_index(index: usize) -> Option<MmioSlot> {
+        (index < MAX_VIRTIO_DEVICES).then(|| MmioSlot {
+            addr: layout::VIRTIO_MMIO_START.0 + index as u64 * layout::VIRTIO_MMIO_SIZE_EACH,
+            size: layout::VIRTIO_MMIO_SIZE_EACH,
+            irq: FIRST_VIRTIO_IRQ + index as u32,
+        })
+    }
+
+    /// `virtio_mmio.device=4K@0xd0000000:5`, as Linux parses it.
+    pub fn cmdline_entry(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.size >> 10,
+            self.addr,
+            self.irq
+        )
+    }
+}
+
+/// Runs a device's queues when their ioeventfds fire (on the event loop).
+pub struct QueueHandler {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    queue_evts: Vec<EventFd>,
+}
+
+impl MutEventSubscriber for QueueHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, evt) in self.queue_evts.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, index as u32, EventSet::IN)) {
+                log::error!("cannot watch virtio queue {index}: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        if let Some(evt) = self.queue_evts.get(index) {
+            let _ = evt.read();
+            self.device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_queue(index);
+        }
+    }
+}
+
+/// Places virtio devices in MMIO slots, in order.
+#[derive(Default)]
+pub struct DeviceManager {
+    slots: Vec<MmioSlot>,
+}
+
+impl DeviceManager {
+    /// Attaches `device`: maps its transport on `mmio`, wires its interrupt and queue
+    /// notifications through KVM, and returns the subscriber that runs its queues.
+    pub fn attach(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<QueueHandler, Error> {
+        let slot = MmioSlot::for_index(self.slots.len()).ok_or(Error::TooManyDevices)?;
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        vm.register_irqfd(&irqfd, slot.irq)
+            .map_err(|source| Error::Irqfd {
+                gsi: slot.irq,
+                source,
+            })?;
+        let interrupt = Arc::new(EventFdInterrupt::new(irqfd));
+        let transport = MmioTransport::new(mem.clone(), device.clone(), interrupt);
+        let queues = transport.queue_count();
+        let notify = slot.addr + QUEUE_NOTIFY_OFFSET;
+        let mut queue_evts = Vec::with_capacity(queues);
+        for queue in 0..queues {
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+            vm.register_ioevent(&evt, &IoEventAddress::Mmio(notify), queue as u32)
+                .map_err(|source| Error::Ioeventfd {
+                    queue,
+                    addr: notify,
+                    source,
+                })?;
+            queue_evts.push(evt);
+        }
+        mmio.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.size)
+            .map_err(|source| Error::Bus {
+                addr: slot.addr,
+                source,
+            })?;
+        self.slots.push(slot);
+        Ok(QueueHandler { device, queue_evts })
+    }
+
+    /// The command-line entries for every attached device, in order.
+    pub fn cmdline_entries(&self) -> Vec<String> {
+        self.slots.iter().map(MmioSlot::cmdline_entry).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_consecutive_pages_with_their_own_irq() {
+        let a = MmioSlot::for_index(0).unwrap();
+        let b = MmioSlot::for_index(1).unwrap();
+        assert_eq!((a.addr, a.irq), (0xd000_0000, 5));
+        assert_eq!((b.addr, b.irq), (0xd000_1000, 6));
+        assert_eq!(a.cmdline_entry(), "virtio_mmio.device=4K@0xd0000000:5");
+        let last = MmioSlot::for_index(MAX_VIRTIO_DEVICES - 1).unwrap();
+        assert_eq!(last.irq, u32::from(layout::IOAPIC_NUM_PINS) - 1);
+        assert!(MmioSlot::for_index(MAX_VIRTIO_DEVICES).is_none());
+    }
+}

@@ -1,0 +1,233 @@
+//! virtio-blk end to end: the PVH test guest's minimal virtio-mmio driver (test=blk) finds the
+//! disk from the `virtio_mmio.device=` entry on its command line, negotiates, writes a pattern,
+//! flushes and reads it back; the host then checks the pattern in the image file.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{guest, kvm_or_skip, run_vmm, spawn};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const DISK_BYTES: u64 = 4 << 20;
+
+fn disk(name: &str) -> PathBuf {
+    let dir = common::root().join("target").join("test-scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(DISK_BYTES).unwrap();
+    p
+}
+
+/// Byte i of the guest's write (tests/guests/README.md).
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (usize::from(seed) + i * 7 + i / 512) as u8)
+        .collect()
+}
+
+fn blk_args(kernel: &str, extra: &[&str], cmdline: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["--kernel", kernel, "--memory", "64", "--cmdline", cmdline]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+#[test]
+fn guest_writes_flushes_and_reads_back() {
+    if !kvm_or_skip("guest_writes_flushes_and_reads_back") {
+        return;
+    }
+    let img = disk("blk-rw.img");
+    let kernel = guest("pvh.elf").display().to_string();
+    let a = blk_args(
+        &kernel,
+        &["--rootfs", &img.display().to_string()],
+        "test=blk sector=100 count=16 pattern=0x33",
+    );
+    let run = run_vmm(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        b"",
+        LIMIT,
+    );
+    let out = run.stdout_str();
+    assert!(!run.timed_out, "{out}\n{}", run.stderr);
+    // The VMM put the root disk and the device on the command line.
+    assert!(out.contains("root=/dev/vda rw"), "{out}");
+    assert!(out.contains("virtio_mmio.device=4K@0xd0000000:5"), "{out}");
+    for line in [
+        "blk: capacity 8192 sectors",
+        "blk: read-write",
+        "blk: write status 0",
+        "blk: flush status 0",
+        "blk: read status 0",
+        "blk: verify ok",
+        "blk: past-end status 1",
+        "blk: unknown-type status 2",
+        "blk: done",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing {line:?} in:\n{out}\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let data = std::fs::read(&img).unwrap();
+    let start = 100 * 512;
+    assert_eq!(&data[start..start + 16 * 512], &pattern(0x33, 16 * 512)[..]);
+    assert!(
+        data[..start].iter().all(|&b| b == 0),
+        "bytes before the write changed"
+    );
+    assert!(
+        data[start + 16 * 512..].iter().all(|&b| b == 0),
+        "bytes after the write changed"
+    );
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    if !kvm_or_skip("read_only_disk_refuses_writes") {
+        return;
+    }
+    let img = disk("blk-ro.img");
+    let kernel = guest("pvh.elf").display().to_string();
+    let a = blk_args(
+        &kernel,
+        &[
+            "--drive",
+            &format!("path={},ro,id=vmm-ro-disk", img.display()),
+        ],
+        "test=blk",
+    );
+    let run = run_vmm(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        b"",
+        LIMIT,
+    );
+    let out = run.stdout_str();
+    assert!(!run.timed_out, "{out}\n{}", run.stderr);
+    for line in [
+        "blk: read-only",
+        "blk: id vmm-ro-disk",
+        "blk: write status 1",
+        "blk: done",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing {line:?} in:\n{out}\n{}",
+            run.stderr
+        );
+    }
+    assert!(
+        !out.contains("root=/dev/vda"),
+        "--drive is not the root disk: {out}"
+    );
+    assert!(
+        std::fs::read(&img).unwrap().iter().all(|&b| b == 0),
+        "a read-only image was written"
+    );
+}
+
+#[test]
+fn second_drive_is_the_second_device() {
+    if !kvm_or_skip("second_drive_is_the_second_device") {
+        return;
+    }
+    let (a_img, b_img) = (disk("blk-a.img"), disk("blk-b.img"));
+    let kernel = guest("pvh.elf").display().to_string();
+    let a = blk_args(
+        &kernel,
+        &[
+            "--rootfs",
+            &a_img.display().to_string(),
+            "--drive",
+            &format!("path={}", b_img.display()),
+        ],
+        "test=blk blkdev=1 sector=0 count=1 pattern=0x11",
+    );
+    let run = run_vmm(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        b"",
+        LIMIT,
+    );
+    let out = run.stdout_str();
+    assert!(out.contains("virtio_mmio.device=4K@0xd0001000:6"), "{out}");
+    assert!(
+        out.lines().any(|l| l == "blk: verify ok"),
+        "{out}\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        &std::fs::read(&b_img).unwrap()[..512],
+        &pattern(0x11, 512)[..]
+    );
+    assert!(
+        std::fs::read(&a_img).unwrap().iter().all(|&b| b == 0),
+        "wrong disk written"
+    );
+}
+
+#[test]
+fn flushed_data_survives_sigkill() {
+    if !kvm_or_skip("flushed_data_survives_sigkill") {
+        return;
+    }
+    let img = disk("blk-kill.img");
+    let kernel = guest("pvh.elf").display().to_string();
+    let a = blk_args(
+        &kernel,
+        &["--rootfs", &img.display().to_string()],
+        "test=blk sector=7 count=8 pattern=0x77",
+    );
+    let mut child = spawn(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let seen = common::read_until(&mut child, "blk: flush status 0\n", LIMIT);
+    assert!(seen.contains("blk: flush status 0\n"), "{seen}");
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[7 * 512..15 * 512], &pattern(0x77, 8 * 512)[..]);
+}
+
+#[test]
+fn a_locked_image_is_refused() {
+    if !kvm_or_skip("a_locked_image_is_refused") {
+        return;
+    }
+    let img = disk("blk-locked.img");
+    let kernel = guest("pvh.elf").display().to_string();
+    let a = blk_args(
+        &kernel,
+        &["--rootfs", &img.display().to_string()],
+        "test=halt",
+    );
+    let mut first = spawn(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let seen = common::read_until(&mut first, "halt: ready\n", LIMIT);
+    assert!(seen.contains("halt: ready"), "{seen}");
+    let second = run_vmm(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        b"",
+        LIMIT,
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(second.code(), Some(2), "{}", second.stderr);
+    assert!(
+        second.stderr.starts_with(&format!(
+            "error: cannot use the disk image {}",
+            img.display()
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("locked by another process"),
+        "{}",
+        second.stderr
+    );
+}
