@@ -57,6 +57,12 @@ pub struct Cli {
     #[arg(long = "drive", value_name = "path=PATH[,ro][,id=ID]", value_parser = parse_drive)]
     pub drives: Vec<DriveSpec>,
 
+    /// A network interface backed by a TAP device: `tap=NAME[,mac=MAC]`. Repeatable (eth0,
+    /// eth1, …). The TAP is created when it does not exist (needs CAP_NET_ADMIN), else
+    /// attached. Without `mac=` a stable MAC is derived from the TAP name.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    pub nets: Vec<NetSpec>,
+
     /// Print a boot timeline on stderr: milliseconds since the VMM started, for each phase,
     /// and each byte the guest writes to the debug port 0x80.
     #[arg(long)]
@@ -73,6 +79,53 @@ pub struct DriveSpec {
 
 /// The longest disk id virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
 pub const MAX_DRIVE_ID_LEN: usize = 20;
+
+/// One network interface from `--net tap=NAME[,mac=MAC]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn parse_net(s: &str) -> Result<NetSpec, String> {
+    let mut tap = None;
+    let mut mac = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+            Some(("mac", m)) => mac = Some(parse_mac(m)?),
+            _ => {
+                return Err(format!(
+                    "unknown net option {part:?}; expected tap=NAME[,mac=MAC]"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or("missing tap=NAME; expected tap=NAME[,mac=MAC]")?;
+    Ok(NetSpec { tap, mac })
+}
+
+/// `52:54:00:12:34:56`: six hex bytes, unicast (bit 0 of the first byte clear).
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac={s:?}: expected six hex bytes like 52:54:00:12:34:56");
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| {
+            if b.len() == 2 {
+                u8::from_str_radix(b, 16).map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac={s}: a multicast address cannot name one interface"
+        ));
+    }
+    Ok(mac)
+}
 
 fn parse_drive(s: &str) -> Result<DriveSpec, String> {
     let mut path = None;
@@ -200,6 +253,48 @@ mod tests {
                 .exit_code(),
             2
         );
+    }
+
+    #[test]
+    fn nets() {
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--net",
+            "tap=tap0",
+            "--net",
+            "tap=tap1,mac=52:54:00:ab:cd:ef",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.nets,
+            vec![
+                NetSpec {
+                    tap: "tap0".into(),
+                    mac: None
+                },
+                NetSpec {
+                    tap: "tap1".into(),
+                    mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef])
+                },
+            ]
+        );
+        for bad in [
+            "tap=",
+            "mac=52:54:00:ab:cd:ef",
+            "tap=a,mac=52:54:00:ab:cd",
+            "tap=a,mac=01:00:5e:00:00:01",
+            "tap=a,mac=52:54:00:ab:cd:zz",
+            "tap=a,vhost=on",
+        ] {
+            assert_eq!(
+                parse(&["--kernel", "k", "--net", bad])
+                    .unwrap_err()
+                    .exit_code(),
+                2,
+                "{bad}"
+            );
+        }
     }
 
     #[test]
