@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use boot::gdt::{self, Segment};
 use boot::layout;
+use boot::paging::{EFER_LMA, EFER_LME, X86_CR0_PE, X86_CR0_PG, X86_CR4_PAE};
 use boot::loader::EntryPoint;
 use kvm_bindings::{
     kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
@@ -15,13 +16,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::exit::{ExitReason, VmExit};
 
-// Control-register and EFER bits (Intel SDM Vol. 3A, 2.5 and 2.2.1).
-const X86_CR0_PE: u64 = 1 << 0;
+/// CR0 bit 4, extension type: always 1 on processors since the i486 (Intel SDM Vol. 3A, 2.5).
 const X86_CR0_ET: u64 = 1 << 4;
-const X86_CR0_PG: u64 = 1 << 31;
-const X86_CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 /// RFLAGS bit 1 is reserved and always set.
 const RFLAGS_RESERVED: u64 = 1 << 1;
 
