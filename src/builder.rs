@@ -409,6 +409,11 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
     }
     stop_vcpus(threads);
     timeline::mark("guest exit");
+    log::info!(
+        "accesses to no device: {} port I/O (read as 0xff), {} MMIO",
+        io.pio.unhandled_accesses(),
+        io.mmio.unhandled_accesses()
+    );
     // Guest memory is dropped only now, after every vCPU thread has ended.
     drop(mem);
     Ok(exit
