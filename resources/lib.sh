@@ -3,11 +3,6 @@
 # Where built guest artifacts are cached, outside any clone.
 VMM_CACHE="${VMM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmm}"
 
-# hash_inputs FILE... : a short, stable hash of the given files' contents.
-hash_inputs() {
-    cat "$@" | sha256sum | cut -c1-16
-}
-
 # need_pkgs PKG... : install the Debian packages that are missing (needs root).
 need_pkgs() {
     local missing=()
