@@ -8,8 +8,8 @@
  * acknowledging InterruptStatus between looks (each read is a VM exit, which also bounds
  * the wait in time rather than in instructions).
  *
- * Discovery is Linux's: every `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` on the
- * command line (drivers/virtio/virtio_mmio.c, vm_cmdline_set).
+ * The transport (discovery from `virtio_mmio.device=` as Linux does it, status and feature
+ * negotiation, queue setup, ring helpers) is virtio.c, shared with net.c.
  *
  * Guest memory used (paging is off, addresses are physical):
  *   0x40000  descriptor table (16 bytes x queue size)
@@ -22,47 +22,11 @@
  * The VMM's boot structures sit at 0x500-0xffff, the command line at 0x20000, the SMP
  * trampoline at 0x30000, the MP table at 0x9fc00 and this image at 0x100000.
  */
-#include "common.h"
+#include "virtio.h"
 
-/* virtio-mmio registers (§4.2.2) */
-#define VM_MAGIC 0x000
-#define VM_VERSION 0x004
-#define VM_DEVICE_ID 0x008
-#define VM_DEVICE_FEATURES 0x010
-#define VM_DEVICE_FEATURES_SEL 0x014
-#define VM_DRIVER_FEATURES 0x020
-#define VM_DRIVER_FEATURES_SEL 0x024
-#define VM_QUEUE_SEL 0x030
-#define VM_QUEUE_NUM_MAX 0x034
-#define VM_QUEUE_NUM 0x038
-#define VM_QUEUE_READY 0x044
-#define VM_QUEUE_NOTIFY 0x050
-#define VM_INTERRUPT_STATUS 0x060
-#define VM_INTERRUPT_ACK 0x064
-#define VM_STATUS 0x070
-#define VM_QUEUE_DESC_LOW 0x080
-#define VM_QUEUE_DESC_HIGH 0x084
-#define VM_QUEUE_DRIVER_LOW 0x090
-#define VM_QUEUE_DRIVER_HIGH 0x094
-#define VM_QUEUE_DEVICE_LOW 0x0a0
-#define VM_QUEUE_DEVICE_HIGH 0x0a4
-#define VM_CONFIG_GENERATION 0x0fc
-#define VM_CONFIG 0x100
-
-#define VIRTIO_MMIO_MAGIC 0x74726976 /* "virt" */
-#define VIRTIO_ID_BLOCK 2
-
-/* Device status (§2.1) */
-#define S_ACKNOWLEDGE 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
-#define S_FAILED 128
-
-/* Feature bits */
+/* Feature bits (§5.2.3) */
 #define F_BLK_RO 5
 #define F_BLK_FLUSH 9
-#define F_VERSION_1 32
 
 /* Block requests (§5.2.6) */
 #define T_IN 0
@@ -72,24 +36,12 @@
 #define T_UNKNOWN 0x99
 #define BLK_ID_BYTES 20
 
-/* Split virtqueue (§2.7) */
-#define DESC_F_NEXT 1
-#define DESC_F_WRITE 2
-
-struct virtq_desc {
-    u64 addr;
-    u32 len;
-    u16 flags;
-    u16 next;
-};
-
 struct blk_req_hdr {
     u32 type;
     u32 reserved;
     u64 sector;
 };
 
-_Static_assert(sizeof(struct virtq_desc) == 16, "virtq_desc layout");
 _Static_assert(sizeof(struct blk_req_hdr) == 16, "virtio_blk_req header layout");
 
 #define RING_DESC 0x40000u
@@ -106,29 +58,11 @@ _Static_assert(sizeof(struct blk_req_hdr) == 16, "virtio_blk_req header layout")
 #define QUEUE_MAX 16u
 #define NO_STATUS 0xff /* status byte preset: the device did not write one */
 
-static uptr mmio;           /* base of the chosen transport */
-static u32 qsize;           /* QueueNum */
-static u16 avail_idx;       /* next free avail ring index (free-running) */
-static u16 used_seen;       /* used ring entries consumed (free-running) */
+static struct virtio_dev dev = { .tag = "blk" };
+static struct virtq vq;     /* queue 0 */
 static u32 spin_limit;      /* InterruptStatus reads per wait before `blk: timeout` */
 static int has_flush, read_only;
 static u64 capacity;
-
-static volatile struct virtq_desc *const desc = (volatile struct virtq_desc *)RING_DESC;
-static volatile u16 *const avail = (volatile u16 *)RING_AVAIL; /* flags, idx, ring[] */
-static volatile u16 *const used = (volatile u16 *)RING_USED;   /* flags, idx, then ring */
-
-#define barrier() __asm__ volatile("" : : : "memory") /* x86 is TSO: compiler barrier only */
-
-static u32 rd(u32 off)
-{
-    return mmio_read32(mmio + off);
-}
-
-static void wr(u32 off, u32 v)
-{
-    mmio_write32(mmio + off, v);
-}
 
 /* Decimal u64 without libgcc: 64/32 divl with the high remainder in %edx (no overflow). */
 static void print_u64(u64 v)
@@ -156,121 +90,7 @@ static void stop(void)
 static void fail(const char *msg) __attribute__((noreturn));
 static void fail(const char *msg)
 {
-    print(msg);
-    print("\n");
-    if (mmio)
-        wr(VM_STATUS, rd(VM_STATUS) | S_FAILED);
-    stop();
-}
-
-/* ---- command line: virtio_mmio.device=<size>@<base>:<irq>[:<id>] ---- */
-
-/* simple_strtoull with base 0: 0x.. hex, 0.. octal, else decimal. 0 if no digits. */
-static int parse_num(const char **sp, u64 *out)
-{
-    const char *s = *sp;
-    u32 base = 10;
-    u64 v = 0;
-    int digits = 0;
-    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-        base = 16;
-        s += 2;
-    } else if (s[0] == '0') {
-        base = 8;
-    }
-    for (;; s++, digits++) {
-        u32 d;
-        if (*s >= '0' && *s <= '9')
-            d = (u32)(*s - '0');
-        else if (*s >= 'a' && *s <= 'f')
-            d = (u32)(*s - 'a' + 10);
-        else if (*s >= 'A' && *s <= 'F')
-            d = (u32)(*s - 'A' + 10);
-        else
-            break;
-        if (d >= base)
-            break;
-        v = base == 16 ? v << 4 : base == 8 ? v << 3 : v * 10;
-        v += d;
-    }
-    if (!digits)
-        return 0;
-    *sp = s;
-    *out = v;
-    return 1;
-}
-
-/* Linux memparse: a number then an optional K/M/G/T/P/E suffix (either case). */
-static int parse_size(const char **sp, u64 *out)
-{
-    if (!parse_num(sp, out))
-        return 0;
-    u32 shift = 0;
-    switch (**sp) {
-    case 'E': case 'e': shift += 10; /* fall through */
-    case 'P': case 'p': shift += 10; /* fall through */
-    case 'T': case 't': shift += 10; /* fall through */
-    case 'G': case 'g': shift += 10; /* fall through */
-    case 'M': case 'm': shift += 10; /* fall through */
-    case 'K': case 'k': shift += 10; (*sp)++; break;
-    default: break;
-    }
-    *out <<= shift;
-    return 1;
-}
-
-static int is_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n';
-}
-
-static const char PREFIX[] = "virtio_mmio.device=";
-
-/*
- * Finds the next virtio_mmio.device= token at or after *cursor; 1 and its fields if it
- * parses, 0 at the end of the command line. Malformed entries are reported and skipped.
- */
-static int next_device(const char **cursor, u64 *size, u64 *base, u32 *irq)
-{
-    const char *p = *cursor;
-    while (*p) {
-        while (is_space(*p))
-            p++;
-        const char *tok = p;
-        while (*p && !is_space(*p))
-            p++;
-        u32 i = 0;
-        while (PREFIX[i] && tok + i < p && tok[i] == PREFIX[i])
-            i++;
-        if (PREFIX[i])
-            continue;
-        const char *s = tok + i;
-        u64 irq64 = 0, id;
-        int ok = parse_size(&s, size) && *s++ == '@' && parse_num(&s, base) && *s++ == ':';
-        if (ok) {
-            /* irq: %u, decimal */
-            ok = *s >= '0' && *s <= '9';
-            irq64 = 0;
-            while (*s >= '0' && *s <= '9')
-                irq64 = irq64 * 10 + (u32)(*s++ - '0');
-        }
-        if (ok && *s == ':') {
-            s++;
-            if (*s == '-')
-                s++;
-            ok = parse_num(&s, &id);
-        }
-        if (ok && s == p) {
-            *irq = (u32)irq64;
-            *cursor = p;
-            return 1;
-        }
-        print("blk: bad ");
-        serial_write(tok, (size_t)(p - tok));
-        print("\n");
-    }
-    *cursor = p;
-    return 0;
+    virtio_fail(&dev, msg);
 }
 
 /* ---- virtqueue ---- */
@@ -291,6 +111,7 @@ static void submit(u32 slot, u32 type, u64 sector, uptr buf, u32 len, int in)
 {
     volatile struct blk_req_hdr *h = (volatile struct blk_req_hdr *)(REQ_HDRS + slot * 16);
     volatile u8 *st = (volatile u8 *)(REQ_STATUS + slot * 16);
+    volatile struct virtq_desc *desc = vq.desc;
     u32 d = slot * 3;
 
     h->type = type;
@@ -313,37 +134,23 @@ static void submit(u32 slot, u32 type, u64 sector, uptr buf, u32 len, int in)
     desc[d + 2].flags = DESC_F_WRITE;
     desc[d + 2].next = 0;
 
-    avail[2 + avail_idx % qsize] = (u16)d;
-    barrier(); /* ring entry before idx */
-    avail_idx++;
-    avail[1] = avail_idx;
+    virtq_add(&vq, (u16)d);
+    virtq_publish(&vq);
 }
 
 static void notify(void)
 {
-    barrier();
-    wr(VM_QUEUE_NOTIFY, 0);
+    virtq_notify(&dev, &vq);
 }
 
 /* Waits for the next used ring entry; returns its slot. Prints `blk: timeout` and stops. */
 static u32 wait_used(void)
 {
-    for (u32 i = 0;; i++) {
-        if (used[1] != used_seen)
-            break;
+    for (u32 i = 0; !virtq_poll(&dev, &vq); i++)
         if (i >= spin_limit)
             fail("blk: timeout");
-        u32 isr = rd(VM_INTERRUPT_STATUS);
-        if (isr)
-            wr(VM_INTERRUPT_ACK, isr);
-        cpu_relax();
-    }
-    barrier(); /* idx before the entry */
-    /* used ring: u16 flags, u16 idx, then {u32 id; u32 len}[qsize] */
-    volatile u32 *elem = (volatile u32 *)(RING_USED + 4 + (used_seen % qsize) * 8);
-    u32 id = elem[0];
-    used_seen++;
-    return id / 3;
+    u32 len;
+    return virtq_pop_used(&vq, &len) / 3;
 }
 
 static u32 slot_status(u32 slot)
@@ -368,146 +175,32 @@ static u64 config_read64(u32 off)
 {
     u32 gen, lo, hi;
     do {
-        gen = rd(VM_CONFIG_GENERATION);
-        lo = rd(VM_CONFIG + off);
-        hi = rd(VM_CONFIG + off + 4);
-    } while (rd(VM_CONFIG_GENERATION) != gen);
+        gen = vdev_rd(&dev, VM_CONFIG_GENERATION);
+        lo = vdev_rd(&dev, VM_CONFIG + off);
+        hi = vdev_rd(&dev, VM_CONFIG + off + 4);
+    } while (vdev_rd(&dev, VM_CONFIG_GENERATION) != gen);
     return ((u64)hi << 32) | lo;
 }
 
 static void blk_init(const char *cmdline)
 {
-    u32 want = cmdline_get_u32(cmdline, "blkdev", 0);
-    u32 found = 0, entries = 0, legacy = 0;
-    u64 size, base;
-    u32 irq;
-    const char *cur = cmdline;
+    u64 offered, accepted;
 
     spin_limit = cmdline_get_u32(cmdline, "blkspin", 1000000);
     print("cmdline: ");
     print(cmdline);
     print("\n");
 
-    while (next_device(&cur, &size, &base, &irq)) {
-        entries++;
-        print("blk: mmio ");
-        print_hex(base);
-        print(" size ");
-        print_hex(size);
-        print(" irq ");
-        print_dec(irq);
-        if (base >= 0x100000000ull || base + 0x104 > 0x100000000ull) {
-            print(": above 4 GiB, skipped\n");
-            continue;
-        }
-        uptr b = (uptr)base;
-        u32 magic = mmio_read32(b + VM_MAGIC);
-        u32 version = mmio_read32(b + VM_VERSION);
-        u32 dev = mmio_read32(b + VM_DEVICE_ID);
-        print(" magic ");
-        print_hex32(magic);
-        print(" version ");
-        print_dec(version);
-        print(" device ");
-        print_dec(dev);
-        print("\n");
-        if (magic != VIRTIO_MMIO_MAGIC || dev != VIRTIO_ID_BLOCK)
-            continue;
-        if (version != 2) {
-            legacy++;
-            continue;
-        }
-        if (found++ == want) {
-            mmio = b;
-            print("blk: using block device ");
-            print_dec(want);
-            print(" at ");
-            print_hex32(b);
-            print(" irq ");
-            print_dec(irq);
-            print("\n");
-        }
-    }
-    if (!entries)
-        fail("blk: no virtio_mmio.device= on the command line");
-    if (!mmio) {
-        print("blk: no block device ");
-        print_dec(want);
-        print(" (");
-        print_dec(found);
-        print(" found");
-        if (legacy) {
-            print(", ");
-            print_dec(legacy);
-            print(" legacy/non-version-2 skipped");
-        }
-        print(")\n");
-        stop();
-    }
-
-    /* 1. reset, 2. ACKNOWLEDGE, 3. DRIVER */
-    wr(VM_STATUS, 0);
-    for (u32 i = 0; rd(VM_STATUS) != 0; i++)
-        if (i >= spin_limit)
-            fail("blk: reset timeout");
-    wr(VM_STATUS, S_ACKNOWLEDGE);
-    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
-
-    /* 4. features */
-    wr(VM_DEVICE_FEATURES_SEL, 0);
-    u32 f_lo = rd(VM_DEVICE_FEATURES);
-    wr(VM_DEVICE_FEATURES_SEL, 1);
-    u32 f_hi = rd(VM_DEVICE_FEATURES);
-    u32 a_lo = f_lo & (1u << F_BLK_FLUSH);
-    u32 a_hi = f_hi & (1u << (F_VERSION_1 - 32));
-    has_flush = !!a_lo;
-    read_only = !!(f_lo & (1u << F_BLK_RO));
-    print("blk: features ");
-    print_hex(((u64)f_hi << 32) | f_lo);
-    print(" accepted ");
-    print_hex(((u64)a_hi << 32) | a_lo);
-    print("\n");
-    wr(VM_DRIVER_FEATURES_SEL, 0);
-    wr(VM_DRIVER_FEATURES, a_lo);
-    wr(VM_DRIVER_FEATURES_SEL, 1);
-    wr(VM_DRIVER_FEATURES, a_hi);
-
-    /* 5. FEATURES_OK, 6. check it stuck */
-    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-    if (!(rd(VM_STATUS) & S_FEATURES_OK))
-        fail("blk: features refused");
-
+    virtio_find(&dev, cmdline, VIRTIO_ID_BLOCK, "block", cmdline_get_u32(cmdline, "blkdev", 0));
+    /* steps 1-6 */
+    accepted = virtio_negotiate(&dev, (1ull << F_VERSION_1) | (1u << F_BLK_FLUSH), spin_limit,
+                                &offered);
+    has_flush = !!(accepted & (1u << F_BLK_FLUSH));
+    read_only = !!(offered & (1u << F_BLK_RO));
     /* 7. queue 0 */
-    wr(VM_QUEUE_SEL, 0);
-    if (rd(VM_QUEUE_READY) != 0)
-        fail("blk: queue 0 already ready");
-    u32 qmax = rd(VM_QUEUE_NUM_MAX);
-    if (qmax == 0)
-        fail("blk: queue 0 not available");
-    qsize = qmax < QUEUE_MAX ? qmax : QUEUE_MAX;
-    if (qsize < 3)
-        fail("blk: queue 0 too small");
-    wr(VM_QUEUE_NUM, qsize);
-    zero(RING_DESC, 0x1000);
-    zero(RING_AVAIL, 0x1000);
-    zero(RING_USED, 0x1000);
-    avail_idx = 0;
-    used_seen = 0;
-    wr(VM_QUEUE_DESC_LOW, RING_DESC);
-    wr(VM_QUEUE_DESC_HIGH, 0);
-    wr(VM_QUEUE_DRIVER_LOW, RING_AVAIL);
-    wr(VM_QUEUE_DRIVER_HIGH, 0);
-    wr(VM_QUEUE_DEVICE_LOW, RING_USED);
-    wr(VM_QUEUE_DEVICE_HIGH, 0);
-    wr(VM_QUEUE_READY, 1);
-    print("blk: queue 0 size ");
-    print_dec(qsize);
-    print(" (max ");
-    print_dec(qmax);
-    print(")\n");
-
+    virtio_setup_queue(&dev, &vq, 0, QUEUE_MAX, 3, RING_DESC, RING_AVAIL, RING_USED);
     /* 8. DRIVER_OK */
-    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    virtio_driver_ok(&dev);
 
     capacity = config_read64(0);
     print("blk: capacity ");
@@ -653,7 +346,7 @@ static void run_phase(u32 type, u32 nreq, u32 req_sectors, u32 total, int rand)
                 bench_errors++;
             free_slots[nfree++] = slot;
             done++;
-        } while (used[1] != used_seen);
+        } while (virtq_used_pending(&vq));
     }
 }
 
@@ -665,7 +358,7 @@ void test_blkbench(const char *cmdline)
     u32 mb = cmdline_get_u32(cmdline, "mb", 16);
     u32 reqsize = cmdline_get_u32(cmdline, "reqsize", 128);
     u32 ops = cmdline_get_u32(cmdline, "ops", 2000);
-    u32 maxdepth = qsize / 3;
+    u32 maxdepth = vq.size / 3;
     depth = cmdline_get_u32(cmdline, "depth", maxdepth);
     if (depth < 1)
         depth = 1;

@@ -46,6 +46,9 @@ void load_zero_idt(void);
 /* blk.c: virtio-blk over virtio-mmio */
 void test_blk(const char *cmdline) __attribute__((noreturn));
 void test_blkbench(const char *cmdline) __attribute__((noreturn));
+/* net.c: virtio-net over virtio-mmio */
+void test_net(const char *cmdline) __attribute__((noreturn));
+void test_netbench(const char *cmdline) __attribute__((noreturn));
 
 static const char *cmdline = "";
 
@@ -242,6 +245,10 @@ void main(struct hvm_start_info *si)
         test_blk(cmdline);
     if (str_eq(test, "blkbench"))
         test_blkbench(cmdline);
+    if (str_eq(test, "net"))
+        test_net(cmdline);
+    if (str_eq(test, "netbench"))
+        test_netbench(cmdline);
     if (str_eq(test, "memmap") && si->magic == XEN_HVM_START_MAGIC_VALUE)
         test_memmap();
     print("unknown test ");
