@@ -48,9 +48,19 @@ pub struct VmConfig {
     pub cpus: u16,
     /// Disks in guest order (/dev/vda first).
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces in guest order (eth0 first).
+    pub nets: Vec<NetConfig>,
     /// The first disk is the root file system: `root=/dev/vda rw|ro` goes on the command line.
     pub root_disk: bool,
     pub kvm_path: PathBuf,
+}
+
+/// One virtio-net interface on a TAP device.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub tap: String,
+    /// None: derived from the TAP's name, the same on every run.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// One virtio-blk disk.
@@ -111,6 +121,12 @@ pub enum Error {
         #[source]
         source: devices::virtio::block::BlockError,
     },
+    #[error("cannot use the TAP device {name} for --net")]
+    Tap {
+        name: String,
+        #[source]
+        source: devices::virtio::net::TapError,
+    },
     #[error("cannot attach a virtio device")]
     Virtio(#[source] crate::device_manager::Error),
     #[error("the kernel command line is invalid")]
@@ -165,6 +181,7 @@ impl Error {
             | Error::LoadInitrd { .. }
             | Error::Disk { .. }
             | Error::Block { .. }
+            | Error::Tap { .. }
             | Error::Cmdline(_) => 2,
             _ => 1,
         }
@@ -252,7 +269,15 @@ fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
             })?;
         disks.push((disk.clone(), file));
     }
-    if disks.len() > crate::device_manager::MAX_VIRTIO_DEVICES {
+    let mut taps = Vec::with_capacity(config.nets.len());
+    for net in &config.nets {
+        let tap = devices::virtio::net::Tap::open(&net.tap).map_err(|source| Error::Tap {
+            name: net.tap.clone(),
+            source,
+        })?;
+        taps.push((net.clone(), tap));
+    }
+    if disks.len() + taps.len() > crate::device_manager::MAX_VIRTIO_DEVICES {
         return Err(Error::Virtio(crate::device_manager::Error::TooManyDevices));
     }
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
@@ -272,6 +297,7 @@ fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
         kernel,
         initrd,
         disks,
+        taps,
         cmdline,
     })
 }
@@ -281,6 +307,7 @@ struct Inputs {
     kernel: File,
     initrd: Option<File>,
     disks: Vec<(DiskConfig, File)>,
+    taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
     cmdline: Cmdline,
 }
 
@@ -291,6 +318,7 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         kernel: mut kernel_file,
         initrd: initrd_file,
         disks,
+        taps,
         mut cmdline,
     } = open_inputs(config)?;
     let signal_evt = signals::install().map_err(|source| Error::Io {
@@ -358,7 +386,7 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         reset_evt,
         queue_handlers,
         virtio_cmdline,
-    } = create_devices(&vm, &mem, disks)?;
+    } = create_devices(&vm, &mem, disks, taps)?;
     for entry in virtio_cmdline {
         cmdline.insert_str(entry).map_err(Error::Cmdline)?;
     }
@@ -437,6 +465,7 @@ fn create_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     disks: Vec<(DiskConfig, File)>,
+    taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
 ) -> Result<Devices, Error> {
     let io_err = |what| move |source| Error::Io { what, source };
     let bus_err = |what| move |source| Error::Bus { what, source };
@@ -483,6 +512,21 @@ fn create_devices(
             })?;
         let handler = manager
             .attach(&vm.fd, mem, &mut mmio, Arc::new(Mutex::new(block)))
+            .map_err(Error::Virtio)?;
+        queue_handlers.push(handler);
+    }
+    for (eth, (net, tap)) in taps.into_iter().enumerate() {
+        let mac = net
+            .mac
+            .unwrap_or_else(|| devices::virtio::net::generated_mac(tap.name()));
+        log::info!(
+            "eth{eth}: TAP {} MAC {}",
+            tap.name(),
+            devices::virtio::net::format_mac(&mac)
+        );
+        let device = devices::virtio::net::Net::new(tap, mac);
+        let handler = manager
+            .attach(&vm.fd, mem, &mut mmio, Arc::new(Mutex::new(device)))
             .map_err(Error::Virtio)?;
         queue_handlers.push(handler);
     }

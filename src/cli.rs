@@ -93,7 +93,9 @@ fn parse_net(s: &str) -> Result<NetSpec, String> {
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
-            Some(("mac", m)) => mac = Some(parse_mac(m)?),
+            Some(("mac", m)) => {
+                mac = Some(devices::virtio::net::parse_mac(m).map_err(|e| e.to_string())?)
+            }
             _ => {
                 return Err(format!(
                     "unknown net option {part:?}; expected tap=NAME[,mac=MAC]"
@@ -103,28 +105,6 @@ fn parse_net(s: &str) -> Result<NetSpec, String> {
     }
     let tap = tap.ok_or("missing tap=NAME; expected tap=NAME[,mac=MAC]")?;
     Ok(NetSpec { tap, mac })
-}
-
-/// `52:54:00:12:34:56`: six hex bytes, unicast (bit 0 of the first byte clear).
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad = || format!("mac={s:?}: expected six hex bytes like 52:54:00:12:34:56");
-    let bytes: Vec<u8> = s
-        .split(':')
-        .map(|b| {
-            if b.len() == 2 {
-                u8::from_str_radix(b, 16).map_err(|_| bad())
-            } else {
-                Err(bad())
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    let mac: [u8; 6] = bytes.try_into().map_err(|_| bad())?;
-    if mac[0] & 1 != 0 {
-        return Err(format!(
-            "mac={s}: a multicast address cannot name one interface"
-        ));
-    }
-    Ok(mac)
 }
 
 fn parse_drive(s: &str) -> Result<DriveSpec, String> {

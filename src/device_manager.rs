@@ -3,6 +3,7 @@
 //! an irqfd per device, and the `virtio_mmio.device=SIZE@ADDR:IRQ` entries for the kernel
 //! command line (Linux drivers/virtio/virtio_mmio.c, VIRTIO_MMIO_CMDLINE_DEVICES).
 
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use boot::layout;
@@ -82,10 +83,55 @@ impl MmioSlot {
     }
 }
 
-/// Runs a device's queues when their ioeventfds fire (on the event loop).
+/// Event tokens from here up name a device's backend descriptors (a TAP); below it, queues.
+const BACKEND_TOKEN_BASE: u32 = 0x1_0000;
+
+/// Runs a device on the event loop: its queues when their ioeventfds fire, and its backend
+/// descriptors (a TAP's) when they are readable — but only while the device wants input
+/// (`VirtioDevice::backend_wanted`), so a full guest does not make the loop spin.
 pub struct QueueHandler {
     device: Arc<Mutex<dyn VirtioDevice>>,
     queue_evts: Vec<EventFd>,
+    backend_fds: Vec<RawFd>,
+    /// Whether each backend descriptor is in the epoll set now.
+    backend_polled: Vec<bool>,
+}
+
+impl QueueHandler {
+    fn new(device: Arc<Mutex<dyn VirtioDevice>>, queue_evts: Vec<EventFd>) -> Self {
+        let backend_fds = device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backend_fds();
+        let backend_polled = vec![false; backend_fds.len()];
+        QueueHandler {
+            device,
+            queue_evts,
+            backend_fds,
+            backend_polled,
+        }
+    }
+
+    /// Adds or removes each backend descriptor from epoll as the device now wants.
+    fn update_backend_interest(&mut self, ops: &mut EventOps) {
+        let device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        for (index, &fd) in self.backend_fds.iter().enumerate() {
+            let wanted = device.backend_wanted(index);
+            if wanted == self.backend_polled[index] {
+                continue;
+            }
+            let events = Events::with_data_raw(fd, BACKEND_TOKEN_BASE + index as u32, EventSet::IN);
+            let result = if wanted {
+                ops.add(events)
+            } else {
+                ops.remove(events)
+            };
+            match result {
+                Ok(()) => self.backend_polled[index] = wanted,
+                Err(e) => log::error!("cannot change polling of device backend {index}: {e:?}"),
+            }
+        }
+    }
 }
 
 impl MutEventSubscriber for QueueHandler {
@@ -95,17 +141,25 @@ impl MutEventSubscriber for QueueHandler {
                 log::error!("cannot watch virtio queue {index}: {e:?}");
             }
         }
+        self.update_backend_interest(ops);
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data() as usize;
-        if let Some(evt) = self.queue_evts.get(index) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let token = events.data();
+        if token >= BACKEND_TOKEN_BASE {
+            let index = (token - BACKEND_TOKEN_BASE) as usize;
+            self.device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_backend(index);
+        } else if let Some(evt) = self.queue_evts.get(token as usize) {
             let _ = evt.read();
             self.device
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .process_queue(index);
+                .process_queue(token as usize);
         }
+        self.update_backend_interest(ops);
     }
 }
 
@@ -153,7 +207,7 @@ impl DeviceManager {
                 source,
             })?;
         self.slots.push(slot);
-        Ok(QueueHandler { device, queue_evts })
+        Ok(QueueHandler::new(device, queue_evts))
     }
 
     /// The command-line entries for every attached device, in order.

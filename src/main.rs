@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::builder::{self, DiskConfig, VmConfig};
+use vmm::builder::{self, DiskConfig, NetConfig, VmConfig};
 use vmm::cli::Cli;
 use vmm::timeline;
 
@@ -33,7 +33,16 @@ fn main() -> ExitCode {
         read_only: d.read_only,
         id: d.id.clone(),
     }));
+    let nets = cli
+        .nets
+        .iter()
+        .map(|n| NetConfig {
+            tap: n.tap.clone(),
+            mac: n.mac,
+        })
+        .collect();
     let config = VmConfig {
+        nets,
         root_disk: cli.rootfs.is_some(),
         disks,
         kernel: cli.kernel,

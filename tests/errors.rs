@@ -288,3 +288,17 @@ fn cpus_beyond_the_limits() {
         assert_eq!(o.code, Some(0), "{}", o.stderr);
     }
 }
+
+#[test]
+fn bad_tap_name() {
+    let kernel = guest("pvh.elf").display().to_string();
+    let o = vmm(&["--kernel", &kernel, "--net", "tap=bad/name"], &[], None);
+    assert_error(&o, 2, "cannot use the TAP device bad/name for --net");
+    assert!(o.stderr.contains("caused by: "), "{}", o.stderr);
+    let o = vmm(
+        &["--kernel", &kernel, "--net", "tap=a-name-that-is-too-long"],
+        &[],
+        None,
+    );
+    assert_error(&o, 2, "cannot use the TAP device a-name-that-is-too-long");
+}

@@ -14,6 +14,10 @@
 //!   §4.2.2) and, when it fires, lock [`MmioTransport::device`] and call
 //!   [`VirtioDevice::process_queue`]`(i)`. A trapped write to `QueueNotify` (no ioeventfd) does
 //!   the same from the vCPU thread.
+//! - for each descriptor in [`VirtioDevice::backend_fds`] (virtio-net's TAP), follow the
+//!   contract written there: poll it while [`VirtioDevice::backend_wanted`] says so, call
+//!   [`VirtioDevice::process_backend`] when it is readable, and look at `backend_wanted`
+//!   again after every event dispatched to the device.
 //!
 //! Everything the guest writes is untrusted: out-of-range selectors, accesses of the wrong size
 //! and writes in the wrong device state are ignored (logged at debug level), never a panic.

@@ -6,6 +6,8 @@
 //!   the guest programs; it negotiates features, collects the queue addresses and hands ready
 //!   [`Queue`]s to the device on `DRIVER_OK`.
 //! - [`block::Block`]: the block device (virtio 1.2 §5.2) on a host file.
+//! - [`net::Net`]: the network device (virtio 1.2 §5.1) on a [`net::NetBackend`], normally a
+//!   [`net::Tap`].
 //!
 //! Interrupts leave a device through the small [`VirtioInterrupt`] trait. The VMM gives the
 //! transport an [`EventFdInterrupt`] and registers its eventfd with KVM as an irqfd; tests read the
@@ -14,13 +16,20 @@
 //! Queue notifications arrive the other way: the VMM registers an ioeventfd on the transport's
 //! `QueueNotify` register for each queue and, when queue `i`'s eventfd fires, calls
 //! [`VirtioDevice::process_queue`]`(i)` on the device it shares with the transport.
+//!
+//! A device with host-side input (the TAP of [`net::Net`]) also lists file descriptors in
+//! [`VirtioDevice::backend_fds`]; the VMM polls them and calls
+//! [`VirtioDevice::process_backend`] when one is readable, for as long as
+//! [`VirtioDevice::backend_wanted`] says so (see there for the exact contract).
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 mod test_utils;
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use vm_memory::GuestMemoryMmap;
@@ -28,6 +37,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use block::Block;
 pub use mmio::MmioTransport;
+pub use net::{Net, NetBackend, Tap};
 pub use virtio_queue::Queue;
 
 /// `VIRTIO_F_VERSION_1` (virtio 1.2 §6): the device follows virtio 1.x, not the legacy interface.
@@ -88,6 +98,10 @@ pub enum ActivateError {
     /// The device was already started and not reset since.
     #[error("the device is already active")]
     AlreadyActive,
+    /// The host backend refused a setting the negotiated features need (for virtio-net: the
+    /// TAP's offloads).
+    #[error("the device's host backend refused the negotiated settings")]
+    Backend(#[source] io::Error),
 }
 
 /// Device logic, independent of the transport (MMIO here; PCI would implement the same calls).
@@ -138,6 +152,59 @@ pub trait VirtioDevice: Send {
     /// on a trapped `QueueNotify` write). Returns whether the guest was sent a used buffer
     /// notification. Does nothing and returns `false` for an unknown queue or an inactive device.
     fn process_queue(&mut self, queue_index: usize) -> bool;
+
+    /// Host file descriptors the device takes input from (virtio-net: its TAP), for the VMM to
+    /// poll. The list is fixed when the device is created and never changes; position `index`
+    /// in it is the `index` of [`process_backend`](Self::process_backend) and
+    /// [`backend_wanted`](Self::backend_wanted). The device owns the descriptors (the VMM must
+    /// neither read nor close them) and keeps them non-blocking. Default: none.
+    ///
+    /// The contract with the VMM's event loop (epoll, level-triggered):
+    /// - watch each descriptor for `EPOLLIN` while `backend_wanted(index)` is `true`, and call
+    ///   `process_backend(index)` when it is readable (also on `EPOLLERR`/`EPOLLHUP`);
+    /// - after *every* event it dispatches to this device (a queue's ioeventfd and
+    ///   `process_queue`, or a backend descriptor and `process_backend`), ask
+    ///   `backend_wanted(index)` again for each descriptor, and remove the descriptor from epoll
+    ///   while it is `false` / add it back once it is `true`;
+    /// - call these methods from one thread, with the device locked like `process_queue`.
+    fn backend_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+
+    /// Backend descriptor `index` of [`backend_fds`](Self::backend_fds) is readable: the device
+    /// takes what input it has room for (virtio-net: frames into the guest's receive buffers).
+    ///
+    /// Never blocks and does a bounded amount of work per call (a level-triggered epoll calls
+    /// again while input is left). When it returns, either the descriptor has no more input
+    /// for now, or [`backend_wanted`](Self::backend_wanted)`(index)` is `false`, or the batch
+    /// limit was reached and calling again makes progress: a VMM that follows the contract
+    /// never spins. Does nothing for an unknown index or an inactive device. Default: nothing.
+    fn process_backend(&mut self, index: usize) {
+        let _ = index;
+    }
+
+    /// Whether the device can take input from backend descriptor `index` now.
+    ///
+    /// `false` while the device is not active, while the guest has posted nowhere to put input
+    /// (virtio-net: no free receive buffers; the device then holds any frame it already read,
+    /// it drops nothing), and after the backend failed for good (end of file, repeated
+    /// errors). While it is `false` the VMM must not poll the descriptor, or a readable
+    /// descriptor would make its loop spin.
+    ///
+    /// It turns `false` only inside `process_backend`, `process_queue` and
+    /// [`reset`](Self::reset), and `true` only inside `process_queue` (the driver notified the
+    /// queue that it added buffers) and [`activate`](Self::activate). Both `activate` and
+    /// `reset` run on the vCPU thread (a `Status` write), outside the event loop: after a reset
+    /// the next backend event finds the device inactive, does nothing, and the re-check takes
+    /// the descriptor out; after an activation the driver notifies the receive queue once it
+    /// has filled it (Linux does), and the re-check after that event puts it in. A
+    /// `QueueNotify` write that the transport handles itself (no ioeventfd caught it) also runs
+    /// `process_queue` on the vCPU thread, and the VMM would see that change only at its next
+    /// event for the device: give every queue an ioeventfd. Default: `true`.
+    fn backend_wanted(&self, index: usize) -> bool {
+        let _ = index;
+        true
+    }
 }
 
 /// Notifications from a device to the driver (virtio 1.2 §2.3).
