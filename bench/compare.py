@@ -17,12 +17,17 @@ guest from tests/guests/):
                sequential write (then flush) and read of BLK_MB MiB in 128 KiB requests, and
                4 KiB random reads; phases timed by the guest's debug-port marks (port 0x80:
                vmm's --timings lines; QEMU's isa-debugcon into a FIFO, timestamped here)
+  net-*        virtio-net on a TAP in a network namespace the harness creates (root only):
+               the guest (test=netbench) sends NET_FRAMES frames of 1514 bytes, then receives
+               as many from the harness's AF_PACKET socket; timed by the guest's marks
 
 Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--guest PATH]
 """
 
 import argparse
+import ctypes
 import os
+import socket
 import re
 import tempfile
 import threading
@@ -45,15 +50,28 @@ QEMU = [
 ]
 
 
-def vmm_cmd(vmm, guest, cmdline, disk=None, debug_fifo=None):
+GUEST_MAC = "52:54:00:12:34:56"
+NET_TAP = "vmmbench0"
+ETHERTYPE_TEST = 0x88B5
+
+
+def vmm_cmd(vmm, guest, cmdline, disk=None, debug_fifo=None, netns=None):
     argv = [vmm, "--kernel", guest, "--memory", str(MEM_MIB), "--cmdline", cmdline]
     if disk:
         argv += ["--drive", f"path={disk}", "--timings"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+        argv += ["--net", f"tap={NET_TAP},mac={GUEST_MAC}", "--timings"]
     return argv
 
 
-def qemu_cmd(_vmm, guest, cmdline, disk=None, debug_fifo=None):
+def qemu_cmd(_vmm, guest, cmdline, disk=None, debug_fifo=None, netns=None):
     argv = QEMU + ["-kernel", guest, "-append", cmdline]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+        argv += ["-global", "virtio-mmio.force-legacy=false",
+                 "-netdev", f"tap,id=n0,ifname={NET_TAP},script=no,downscript=no,vhost=off",
+                 "-device", f"virtio-net-device,netdev=n0,mac={GUEST_MAC}"]
     if disk:
         argv += ["-global", "virtio-mmio.force-legacy=false",
                  "-drive", f"id=d0,file={disk},format=raw,if=none",
@@ -228,6 +246,114 @@ def blk_run(name, make, vmm, guest, blk_mb, ops):
     }
 
 
+class Netns:
+    """A network namespace holding one TAP, for the net rows; deleted by close()."""
+
+    def __init__(self):
+        self.name = f"vmmbench-{os.getpid()}"
+        run = lambda *a: subprocess.run(["ip", *a], check=True)
+        run("netns", "add", self.name)
+        try:
+            run("-n", self.name, "link", "set", "lo", "up")
+            run("-n", self.name, "tuntap", "add", "dev", NET_TAP, "mode", "tap")
+            # The host → guest burst must fit the TAP's queue.
+            run("-n", self.name, "link", "set", NET_TAP, "txqueuelen", "50000", "up")
+            subprocess.run(["ip", "netns", "exec", self.name, "sysctl", "-qw",
+                            "net.ipv6.conf.all.disable_ipv6=1"], check=True)
+        except Exception:
+            self.close()
+            raise
+
+    def socket(self):
+        """An AF_PACKET socket on the TAP, opened from a thread that joined the namespace."""
+        out = {}
+
+        def work():
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/var/run/netns/{self.name}") as f:
+                if libc.setns(f.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), "setns")
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE_TEST))
+            sock.bind((NET_TAP, ETHERTYPE_TEST))
+            sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+            out["sock"] = sock
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        return out["sock"]
+
+    def close(self):
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+def net_run(name, make, vmm, guest, netns, frames):
+    size = 1514
+    cmdline = f"test=netbench frames={frames} size={size} rxframes={frames}"
+    sock = netns.socket()
+    guest_mac = bytes.fromhex(GUEST_MAC.replace(":", ""))
+    peer = {"tx_seen": 0}
+
+    def peer_thread():
+        # Count the guest's frames, then send as many back to it.
+        sock.settimeout(30)
+        try:
+            while peer["tx_seen"] < frames:
+                data = sock.recv(4096)
+                if data[6:12] == guest_mac:
+                    peer["tx_seen"] += 1
+        except socket.timeout:
+            return
+        frame = (guest_mac + bytes.fromhex("020000000002") + ETHERTYPE_TEST.to_bytes(2, "big")
+                 + b"host netbench").ljust(size, b"\0")
+        for _ in range(frames):
+            sock.send(frame)
+
+    marks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fifo = None
+        if name == "qemu":
+            fifo = os.path.join(tmp, "debugcon")
+            os.mkfifo(fifo)
+
+            def reader():
+                with open(fifo, "rb", buffering=0) as f:
+                    while True:
+                        b = f.read(1)
+                        if not b:
+                            return
+                        marks.setdefault(b[0], time.perf_counter())
+
+            threading.Thread(target=reader, daemon=True).start()
+        t = threading.Thread(target=peer_thread, daemon=True)
+        t.start()
+        err = tempfile.TemporaryFile()
+        argv = make(vmm, guest, cmdline, debug_fifo=fifo, netns=netns.name)
+        s = Spawned(argv, stderr=err)
+        result = s.wait_for_line(b"netbench: tx ")
+        if name == "qemu":
+            s.proc.send_signal(signal.SIGTERM)
+        s.drain_and_wait()
+        t.join(timeout=5)
+        sock.close()
+        err.seek(0)
+        for line in err.read().decode(errors="replace").splitlines():
+            m = re.search(r"\[vmm +([0-9.]+) ms\] guest debug port 0x80: (0x[0-9a-f]+)", line)
+            if m:
+                marks.setdefault(int(m.group(2), 16), float(m.group(1)) / 1000.0)
+    if not result.endswith(b"errors 0") or f"rx {frames} frames".encode() not in result:
+        raise RuntimeError(f"{name}: netbench: {result!r}")
+    if peer["tx_seen"] != frames:
+        raise RuntimeError(f"{name}: the host saw {peer['tx_seen']} of {frames} guest frames")
+    tx_s, rx_s = marks[0x21] - marks[0x20], marks[0x23] - marks[0x22]
+    return {
+        "net-tx": frames / tx_s,
+        "net-tx-mib": frames * size / tx_s / (1 << 20),
+        "net-rx": frames / rx_s,
+        "net-rx-mib": frames * size / rx_s / (1 << 20),
+    }
+
+
 ROWS = [
     ("first-line", "spawn → first serial line", "ms", False),
     ("cpu", "CPU time, user+sys (hello run)", "ms", False),
@@ -237,6 +363,10 @@ ROWS = [
     ("blk-write", "virtio-blk sequential write + flush, 128 KiB requests", "MiB/s", True),
     ("blk-read", "virtio-blk sequential read, 128 KiB requests", "MiB/s", True),
     ("blk-4k", "virtio-blk 4 KiB random reads", "req/s", True),
+    ("net-tx", "virtio-net guest → host, 1514-byte frames", "frames/s", True),
+    ("net-tx-mib", "virtio-net guest → host throughput", "MiB/s", True),
+    ("net-rx", "virtio-net host → guest, 1514-byte frames", "frames/s", True),
+    ("net-rx-mib", "virtio-net host → guest throughput", "MiB/s", True),
 ]
 
 
@@ -246,6 +376,7 @@ def main():
     ap.add_argument("--serial-bytes", type=int, default=65536)
     ap.add_argument("--blk-mb", type=int, default=16)
     ap.add_argument("--blk-ops", type=int, default=2000)
+    ap.add_argument("--net-frames", type=int, default=20000)
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/release/vmm"))
     ap.add_argument("--guest", default=None)
     args = ap.parse_args()
@@ -257,6 +388,12 @@ def main():
     if not os.path.exists(args.vmm):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
+    netns = None
+    if os.geteuid() == 0:
+        netns = Netns()
+    else:
+        print("net rows skipped: creating a network namespace with a TAP needs root", file=sys.stderr)
+
     results = {"vmm": {}, "qemu": {}}
     for i in range(args.runs):
         # Alternate which VMM goes first, so neither always runs on a warmer machine.
@@ -267,10 +404,14 @@ def main():
             for sample in (hello_run(make, args.vmm, args.guest),
                            idle_run(make, args.vmm, args.guest),
                            serial_run(make, args.vmm, args.guest, args.serial_bytes),
-                           blk_run(name, make, args.vmm, args.guest, args.blk_mb, args.blk_ops)):
+                           blk_run(name, make, args.vmm, args.guest, args.blk_mb, args.blk_ops),
+                           net_run(name, make, args.vmm, args.guest, netns, args.net_frames)
+                           if netns else {}):
                 for key, value in sample.items():
                     results[name].setdefault(key, []).append(value)
         print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
+    if netns:
+        netns.close()
 
     def fmt(vals):
         return f"{statistics.median(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
@@ -278,11 +419,14 @@ def main():
     print(f"| metric | unit | vmm median (min–max) | QEMU microvm median (min–max) | vmm/QEMU |")
     print("|---|---|---|---|---|")
     for key, label, unit, _higher_better in ROWS:
+        if key not in results["vmm"]:
+            continue
         v, q = results["vmm"][key], results["qemu"][key]
         ratio = statistics.median(v) / statistics.median(q)
         print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
     print(f"\n{args.runs} runs each, alternating; serial: {args.serial_bytes} bytes; "
-          f"blk: {args.blk_mb} MiB, {args.blk_ops} 4 KiB reads; guest RAM {MEM_MIB} MiB.")
+          f"blk: {args.blk_mb} MiB, {args.blk_ops} 4 KiB reads; net: {args.net_frames} frames each "
+          f"way; guest RAM {MEM_MIB} MiB.")
 
 
 if __name__ == "__main__":
