@@ -26,7 +26,8 @@ trap 'rm -rf "$tmp"' EXIT
 root="$tmp/root"
 mkdir -p "$root"/{bin,sbin,etc,dev,proc,sys,tmp,root,mnt}
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount umount echo cat ls reboot poweroff sleep uname sync mkdir; do
+for applet in sh mount umount echo cat ls reboot poweroff sleep uname sync mkdir \
+        ifconfig ip route ping nc sha256sum; do
     ln -s busybox "$root/bin/$applet"
 done
 echo "vmm-rootfs $key" > "$root/etc/vmm-rootfs-id"

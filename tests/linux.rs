@@ -167,3 +167,117 @@ fn linux_boots_from_the_root_disk() {
         assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
     }
 }
+
+#[test]
+fn linux_network_over_a_tap() {
+    let test = "linux_network_over_a_tap";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some(ns) = common::Netns::create("linux", Some("10.0.2.1/24")) else {
+        common::say(&format!(
+            "SKIP {test}: cannot create a network namespace with a TAP (needs root, iproute2 and /dev/net/tun)"
+        ));
+        return;
+    };
+    let pristine = resource("build-rootfs.sh");
+    let dir = common::root().join("target").join("test-scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("linux-net-rootfs.ext4");
+    std::fs::copy(&pristine, &disk).unwrap();
+    let kernel = resource("build-kernel.sh").join("vmlinux");
+    // The guest configures eth0, receives a file over TCP and prints its hash.
+    let guest_cmd = "ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up; echo VMM-NET-UP; \
+                     nc -l -p 5000 > /tmp/received; sha256sum /tmp/received";
+    let cmdline = format!("{CMDLINE} vmmcmd=\"{guest_cmd}\"");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(common::vmm_bin())
+        .args([
+            "--kernel",
+            &kernel.display().to_string(),
+            "--memory",
+            &MEMORY_MIB.to_string(),
+        ])
+        .args([
+            "--rootfs",
+            &disk.display().to_string(),
+            "--net",
+            &format!("tap={}", common::TAP),
+        ])
+        .args(["--cmdline", &cmdline])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if host_is_pvm() {
+        let run = common::finish(child, b"", LIMIT);
+        let expected = format!(
+            "{cmdline} root=/dev/vda rw virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        check_early_boot(&run, &expected, 1);
+        check_pvm_exit(test, &run);
+        return;
+    }
+    common::say(&format!(
+        "{test}: mode hardware KVM: ping the guest and send it a file over TCP"
+    ));
+    let seen = common::read_until(&mut child, "VMM-NET-UP", LIMIT);
+    assert!(seen.contains("VMM-NET-UP"), "{seen}");
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "busybox",
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "5",
+            "10.0.2.15",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 + i / 4096) as u8).collect();
+    common::in_netns(&ns.name, || {
+        use std::io::Write;
+        let start = std::time::Instant::now();
+        let mut stream = loop {
+            match std::net::TcpStream::connect("10.0.2.15:5000") {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("connect to the guest: {e}"),
+            }
+        };
+        stream.write_all(&payload).unwrap();
+    });
+    let hash_file = dir.join("linux-net-payload");
+    std::fs::write(&hash_file, &payload).unwrap();
+    let sha = std::process::Command::new("sha256sum")
+        .arg(&hash_file)
+        .output()
+        .unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let run = common::finish(child, b"", LIMIT);
+    let out = run.stdout_str();
+    assert!(
+        out.contains(&format!("{sha}  /tmp/received")),
+        "{out}\n{}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+}

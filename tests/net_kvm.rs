@@ -7,117 +7,62 @@ mod common;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
+
 use std::time::Duration;
 
-use common::{finish, guest, kvm_or_skip, say};
+use common::{finish, guest, kvm_or_skip, say, Netns, TAP};
 
 /// IEEE 802 local experimental EtherType, used by the test guest.
 const ETHERTYPE_TEST: u16 = 0x88b5;
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
-const TAP: &str = "vmmtap0";
-
-/// A network namespace with a persistent TAP in it, removed on drop.
-struct Netns {
-    name: String,
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-impl Netns {
-    fn create(tag: &str) -> Option<Netns> {
-        let name = format!("vmmtest-{tag}-{}", std::process::id());
-        if !ip(&["netns", "add", &name]) {
-            return None;
-        }
-        let ns = Netns { name };
-        let n = ns.name.as_str();
-        let ok = ip(&["-n", n, "link", "set", "lo", "up"])
-            && ip(&["-n", n, "tuntap", "add", "dev", TAP, "mode", "tap"])
-            && ip(&["-n", n, "link", "set", TAP, "up"])
-            && Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    n,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                ])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-        ok.then_some(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        ip(&["netns", "del", &self.name]);
-    }
-}
 
 /// An AF_PACKET socket on the TAP inside the namespace (opened from a thread that joins it).
 fn packet_socket(ns: &str) -> (OwnedFd, i32) {
-    let ns_path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns_file = std::fs::File::open(&ns_path).unwrap();
-            // SAFETY: setns on a namespace descriptor; affects only this thread.
-            let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let proto = ETHERTYPE_TEST.to_be() as i32;
-            // SAFETY: plain socket(2) call.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: fd was just created and is owned here.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let name = std::ffi::CString::new(TAP).unwrap();
-            // SAFETY: valid NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-            assert!(ifindex > 0);
-            // SAFETY: sockaddr_ll is plain old data.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = ETHERTYPE_TEST.to_be();
-            addr.sll_ifindex = ifindex;
-            // SAFETY: addr is a valid sockaddr_ll of the given size.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    &addr as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 30,
-                tv_usec: 0,
-            };
-            // SAFETY: valid option value of the given size.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    &tv as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
-            (fd, ifindex)
-        })
-        .join()
-        .unwrap()
+    common::in_netns(ns, || {
+        let proto = ETHERTYPE_TEST.to_be() as i32;
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just created and is owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(TAP).unwrap();
+        // SAFETY: valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        assert!(ifindex > 0);
+        // SAFETY: sockaddr_ll is plain old data.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETHERTYPE_TEST.to_be();
+        addr.sll_ifindex = ifindex;
+        // SAFETY: addr is a valid sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 30,
+            tv_usec: 0,
+        };
+        // SAFETY: valid option value of the given size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        (fd, ifindex)
     })
 }
 
@@ -178,7 +123,7 @@ fn frames_cross_the_tap_both_ways() {
     if !kvm_or_skip(test) {
         return;
     }
-    let Some(ns) = Netns::create("net") else {
+    let Some(ns) = Netns::create("net", None) else {
         say(&format!(
             "SKIP {test}: cannot create a network namespace with a TAP (needs root, iproute2 and /dev/net/tun)"
         ));

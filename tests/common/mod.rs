@@ -199,3 +199,72 @@ pub fn read_until(child: &mut Child, needle: &str, limit: Duration) -> String {
     }
     String::from_utf8_lossy(&seen).into_owned()
 }
+
+/// The TAP interface that `Netns` creates.
+pub const TAP: &str = "vmmtap0";
+
+/// A network namespace with a persistent TAP in it, removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl Netns {
+    /// Creates the namespace with the TAP up in it (and `host_addr`, e.g. "10.0.2.1/24", on
+    /// the TAP); None when that is not possible here (not root, no iproute2 or TUN).
+    pub fn create(tag: &str, host_addr: Option<&str>) -> Option<Netns> {
+        let name = format!("vmmtest-{tag}-{}", std::process::id());
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let ns = Netns { name };
+        let n = ns.name.as_str();
+        let ok = ip(&["-n", n, "link", "set", "lo", "up"])
+            && ip(&["-n", n, "tuntap", "add", "dev", TAP, "mode", "tap"])
+            && ip(&["-n", n, "link", "set", TAP, "up"])
+            && Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    n,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+            && host_addr.is_none_or(|a| ip(&["-n", n, "addr", "add", a, "dev", TAP]));
+        ok.then_some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns` (sockets it opens stay there).
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    let ns_path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns_file = std::fs::File::open(&ns_path).unwrap();
+            // SAFETY: setns on a namespace descriptor; affects only this thread.
+            let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
