@@ -391,14 +391,13 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         cmdline.insert_str(entry).map_err(Error::Cmdline)?;
     }
 
-    let boot_err = |e: boot::Error| Error::BootStructures(e);
     params::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), mem_size)
-        .map_err(|e| boot_err(e.into()))?;
+        .map_err(|e| Error::BootStructures(e.into()))?;
     // check_config made sure the count fits the MP table's u8.
     let cpus = config.cpus as u8;
-    mptable::setup_mptable(&mem, cpus).map_err(|e| boot_err(e.into()))?;
-    boot::gdt::write_gdt_and_idt(&mem).map_err(|e| boot_err(e.into()))?;
-    paging::setup_identity_paging(&mem).map_err(|e| boot_err(e.into()))?;
+    mptable::setup_mptable(&mem, cpus).map_err(|e| Error::BootStructures(e.into()))?;
+    boot::gdt::write_gdt_and_idt(&mem).map_err(|e| Error::BootStructures(e.into()))?;
+    paging::setup_identity_paging(&mem).map_err(|e| Error::BootStructures(e.into()))?;
 
     let mut vcpus = Vec::with_capacity(usize::from(cpus));
     for index in 0..cpus {

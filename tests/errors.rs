@@ -302,3 +302,48 @@ fn bad_tap_name() {
     );
     assert_error(&o, 2, "cannot use the TAP device a-name-that-is-too-long");
 }
+
+#[test]
+fn unusable_disk_images() {
+    let kernel = guest("pvh.elf").display().to_string();
+    let o = vmm(
+        &["--kernel", &kernel, "--rootfs", "/nonexistent/root.img"],
+        &[],
+        None,
+    );
+    assert_error(&o, 2, "cannot use the disk image /nonexistent/root.img");
+    assert!(
+        o.stderr.contains("caused by: cannot open it"),
+        "{}",
+        o.stderr
+    );
+    let dir = std::env::temp_dir().display().to_string();
+    let o = vmm(
+        &["--kernel", &kernel, "--drive", &format!("path={dir},ro")],
+        &[],
+        None,
+    );
+    assert_error(&o, 2, &format!("cannot use the disk image {dir}"));
+    assert!(o.stderr.contains("not a regular file"), "{}", o.stderr);
+    if is_root() {
+        // Readable by its owner only: nobody cannot open it.
+        let img = public_vmm().parent().unwrap().join("private.img");
+        std::fs::write(&img, [0u8; 4096]).unwrap();
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let bin_kernel = public_vmm().parent().unwrap().join("pvh.elf");
+        std::fs::copy(guest("pvh.elf"), &bin_kernel).unwrap();
+        std::fs::set_permissions(&bin_kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let o = vmm(
+            &[
+                "--kernel",
+                &bin_kernel.display().to_string(),
+                "--rootfs",
+                &img.display().to_string(),
+            ],
+            &[],
+            Some(NOBODY),
+        );
+        assert_error(&o, 2, "cannot use the disk image");
+        assert!(o.stderr.contains("Permission denied"), "{}", o.stderr);
+    }
+}
