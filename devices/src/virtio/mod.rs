@@ -56,6 +56,19 @@ pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO
 /// Interrupt status bit 1, "configuration change notification" (virtio 1.2 §4.2.2).
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
+/// Copies `data.len()` bytes of a device's config space from `offset`; bytes past its end
+/// (or at an offset no `usize` can hold) read as 0, as a driver probing beyond it expects.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset).ok();
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = start
+            .and_then(|s| s.checked_add(i))
+            .and_then(|j| config.get(j))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// The feature bit `bit` as a mask in the 64-bit feature word (virtio 1.2 §2.2).
 pub const fn feature_bit(bit: u32) -> u64 {
     1u64 << bit
