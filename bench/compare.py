@@ -197,6 +197,56 @@ def serial_run(make, vmm, guest, nbytes):
     return {"serial": nbytes / (end - start) / 1024.0}
 
 
+class Marks:
+    """The guest's debug-port (0x80) marks, timestamped: from QEMU's isa-debugcon through a
+    FIFO read here, or from vmm's --timings lines on its stderr."""
+
+    TIMING = re.compile(r"\[vmm +([0-9.]+) ms\] guest debug port 0x80: (0x[0-9a-f]+)")
+
+    def __init__(self):
+        self.at = {}
+
+    def fifo(self, tmp):
+        """A FIFO for QEMU's debugcon, read on a thread; returns its path."""
+        path = os.path.join(tmp, "debugcon")
+        os.mkfifo(path)
+
+        def reader():
+            with open(path, "rb", buffering=0) as f:
+                while True:
+                    b = f.read(1)
+                    if not b:
+                        return
+                    self.at.setdefault(b[0], time.perf_counter())
+
+        threading.Thread(target=reader, daemon=True).start()
+        return path
+
+    def from_timings(self, stderr_file):
+        stderr_file.seek(0)
+        for line in stderr_file.read().decode(errors="replace").splitlines():
+            m = self.TIMING.search(line)
+            if m:
+                self.at.setdefault(int(m.group(2), 16), float(m.group(1)) / 1000.0)
+
+    def between(self, start, end):
+        return self.at[end] - self.at[start]
+
+
+def run_marked(name, argv_for, tmp, result_prefix):
+    """Runs a benchmark guest until its result line; returns (line, Marks)."""
+    marks = Marks()
+    fifo = marks.fifo(tmp) if name == "qemu" else None
+    err = tempfile.TemporaryFile()
+    s = Spawned(argv_for(fifo), stderr=err)
+    result = s.wait_for_line(result_prefix)
+    if name == "qemu":
+        s.proc.send_signal(signal.SIGTERM)  # QEMU's debugcon keeps it from seeing the reset
+    s.drain_and_wait()
+    marks.from_timings(err)
+    return result, marks
+
+
 BLK_PHASES = {"blk-write": (0x10, 0x11), "blk-read": (0x12, 0x13), "blk-4k": (0x14, 0x15)}
 
 
@@ -207,38 +257,12 @@ def blk_run(name, make, vmm, guest, blk_mb, ops):
         disk = os.path.join(tmp, "disk.img")
         with open(disk, "wb") as f:
             f.truncate((blk_mb + 1) << 20)
-        marks = {}
-        if name == "qemu":
-            fifo = os.path.join(tmp, "debugcon")
-            os.mkfifo(fifo)
-
-            def reader():
-                with open(fifo, "rb", buffering=0) as f:
-                    while True:
-                        b = f.read(1)
-                        if not b:
-                            return
-                        marks.setdefault(b[0], time.perf_counter())
-
-            t = threading.Thread(target=reader, daemon=True)
-            t.start()
-            s = Spawned(make(vmm, guest, cmdline, disk=disk, debug_fifo=fifo))
-            result = s.wait_for_line(b"blkbench: write ")
-            s.proc.send_signal(signal.SIGTERM)
-            s.drain_and_wait()
-        else:
-            err = tempfile.TemporaryFile()
-            s = Spawned(make(vmm, guest, cmdline, disk=disk), stderr=err)
-            result = s.wait_for_line(b"blkbench: write ")
-            s.drain_and_wait()
-            err.seek(0)
-            for line in err.read().decode(errors="replace").splitlines():
-                m = re.search(r"\[vmm +([0-9.]+) ms\] guest debug port 0x80: (0x[0-9a-f]+)", line)
-                if m:
-                    marks.setdefault(int(m.group(2), 16), float(m.group(1)) / 1000.0)
-        if not result.endswith(b"errors 0"):
-            raise RuntimeError(f"{name}: blkbench reported errors: {result!r}")
-    t = {k: marks[b] - marks[a] for k, (a, b) in BLK_PHASES.items()}
+        result, marks = run_marked(
+            name, lambda fifo: make(vmm, guest, cmdline, disk=disk, debug_fifo=fifo), tmp,
+            b"blkbench: write ")
+    if not result.endswith(b"errors 0"):
+        raise RuntimeError(f"{name}: blkbench reported errors: {result!r}")
+    t = {k: marks.between(a, b) for k, (a, b) in BLK_PHASES.items()}
     return {
         "blk-write": blk_mb / t["blk-write"],
         "blk-read": blk_mb / t["blk-read"],
@@ -309,43 +333,19 @@ def net_run(name, make, vmm, guest, netns, frames):
         for _ in range(frames):
             sock.send(frame)
 
-    marks = {}
+    t = threading.Thread(target=peer_thread, daemon=True)
+    t.start()
     with tempfile.TemporaryDirectory() as tmp:
-        fifo = None
-        if name == "qemu":
-            fifo = os.path.join(tmp, "debugcon")
-            os.mkfifo(fifo)
-
-            def reader():
-                with open(fifo, "rb", buffering=0) as f:
-                    while True:
-                        b = f.read(1)
-                        if not b:
-                            return
-                        marks.setdefault(b[0], time.perf_counter())
-
-            threading.Thread(target=reader, daemon=True).start()
-        t = threading.Thread(target=peer_thread, daemon=True)
-        t.start()
-        err = tempfile.TemporaryFile()
-        argv = make(vmm, guest, cmdline, debug_fifo=fifo, netns=netns.name)
-        s = Spawned(argv, stderr=err)
-        result = s.wait_for_line(b"netbench: tx ")
-        if name == "qemu":
-            s.proc.send_signal(signal.SIGTERM)
-        s.drain_and_wait()
-        t.join(timeout=5)
-        sock.close()
-        err.seek(0)
-        for line in err.read().decode(errors="replace").splitlines():
-            m = re.search(r"\[vmm +([0-9.]+) ms\] guest debug port 0x80: (0x[0-9a-f]+)", line)
-            if m:
-                marks.setdefault(int(m.group(2), 16), float(m.group(1)) / 1000.0)
+        result, marks = run_marked(
+            name, lambda fifo: make(vmm, guest, cmdline, debug_fifo=fifo, netns=netns.name), tmp,
+            b"netbench: tx ")
+    t.join(timeout=5)
+    sock.close()
     if not result.endswith(b"errors 0") or f"rx {frames} frames".encode() not in result:
         raise RuntimeError(f"{name}: netbench: {result!r}")
     if peer["tx_seen"] != frames:
         raise RuntimeError(f"{name}: the host saw {peer['tx_seen']} of {frames} guest frames")
-    tx_s, rx_s = marks[0x21] - marks[0x20], marks[0x23] - marks[0x22]
+    tx_s, rx_s = marks.between(0x20, 0x21), marks.between(0x22, 0x23)
     return {
         "net-tx": frames / tx_s,
         "net-tx-mib": frames * size / tx_s / (1 << 20),
