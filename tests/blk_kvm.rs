@@ -28,13 +28,25 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn blk_args(kernel: &str, extra: &[&str], cmdline: &str) -> Vec<String> {
-    let mut v: Vec<String> = ["--kernel", kernel, "--memory", "64", "--cmdline", cmdline]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+/// The VMM's arguments for the PVH test guest with `cmdline`, plus `extra`.
+fn blk_args(extra: &[&str], cmdline: &str) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--kernel",
+        kernel.as_str(),
+        "--memory",
+        "64",
+        "--cmdline",
+        cmdline,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 #[test]
@@ -43,17 +55,11 @@ fn guest_writes_flushes_and_reads_back() {
         return;
     }
     let img = disk("blk-rw.img");
-    let kernel = guest("pvh.elf").display().to_string();
     let a = blk_args(
-        &kernel,
         &["--rootfs", &img.display().to_string()],
         "test=blk sector=100 count=16 pattern=0x33",
     );
-    let run = run_vmm(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        b"",
-        LIMIT,
-    );
+    let run = run_vmm(&refs(&a), b"", LIMIT);
     let out = run.stdout_str();
     assert!(!run.timed_out, "{out}\n{}", run.stderr);
     // The VMM put the root disk and the device on the command line.
@@ -96,20 +102,14 @@ fn read_only_disk_refuses_writes() {
         return;
     }
     let img = disk("blk-ro.img");
-    let kernel = guest("pvh.elf").display().to_string();
     let a = blk_args(
-        &kernel,
         &[
             "--drive",
             &format!("path={},ro,id=vmm-ro-disk", img.display()),
         ],
         "test=blk",
     );
-    let run = run_vmm(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        b"",
-        LIMIT,
-    );
+    let run = run_vmm(&refs(&a), b"", LIMIT);
     let out = run.stdout_str();
     assert!(!run.timed_out, "{out}\n{}", run.stderr);
     for line in [
@@ -140,9 +140,7 @@ fn second_drive_is_the_second_device() {
         return;
     }
     let (a_img, b_img) = (disk("blk-a.img"), disk("blk-b.img"));
-    let kernel = guest("pvh.elf").display().to_string();
     let a = blk_args(
-        &kernel,
         &[
             "--rootfs",
             &a_img.display().to_string(),
@@ -151,11 +149,7 @@ fn second_drive_is_the_second_device() {
         ],
         "test=blk blkdev=1 sector=0 count=1 pattern=0x11",
     );
-    let run = run_vmm(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        b"",
-        LIMIT,
-    );
+    let run = run_vmm(&refs(&a), b"", LIMIT);
     let out = run.stdout_str();
     assert!(out.contains("virtio_mmio.device=4K@0xd0001000:6"), "{out}");
     assert!(
@@ -179,13 +173,11 @@ fn flushed_data_survives_sigkill() {
         return;
     }
     let img = disk("blk-kill.img");
-    let kernel = guest("pvh.elf").display().to_string();
     let a = blk_args(
-        &kernel,
         &["--rootfs", &img.display().to_string()],
         "test=blk sector=7 count=8 pattern=0x77",
     );
-    let mut child = spawn(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut child = spawn(&refs(&a));
     let seen = common::read_until(&mut child, "blk: flush status 0\n", LIMIT);
     assert!(seen.contains("blk: flush status 0\n"), "{seen}");
     child.kill().unwrap(); // SIGKILL: no chance to clean up
@@ -200,20 +192,11 @@ fn a_locked_image_is_refused() {
         return;
     }
     let img = disk("blk-locked.img");
-    let kernel = guest("pvh.elf").display().to_string();
-    let a = blk_args(
-        &kernel,
-        &["--rootfs", &img.display().to_string()],
-        "test=halt",
-    );
-    let mut first = spawn(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = blk_args(&["--rootfs", &img.display().to_string()], "test=halt");
+    let mut first = spawn(&refs(&a));
     let seen = common::read_until(&mut first, "halt: ready\n", LIMIT);
     assert!(seen.contains("halt: ready"), "{seen}");
-    let second = run_vmm(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        b"",
-        LIMIT,
-    );
+    let second = run_vmm(&refs(&a), b"", LIMIT);
     first.kill().unwrap();
     first.wait().unwrap();
     assert_eq!(second.code(), Some(2), "{}", second.stderr);
