@@ -30,6 +30,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 /// The VMM's arguments for the PVH test guest with `cmdline`, plus `extra`.
 fn blk_args(extra: &[&str], cmdline: &str) -> Vec<String> {
+    let kernel = guest("pvh.elf").display().to_string();
     let mut v: Vec<String> = [
         "--kernel",
         kernel.as_str(),
