@@ -223,3 +223,26 @@ fn sigint_stops_a_halted_smp_guest() {
     // vCPU 1 never receives a SIPI, so it sleeps in KVM_RUN; vCPU 0 is halted with IF=0.
     signal_stops("halt", "2", libc::SIGINT);
 }
+
+#[test]
+fn memory_beyond_the_mmio_gap_is_mapped_above_4_gib() {
+    if !kvm_or_skip("memory_beyond_the_mmio_gap_is_mapped_above_4_gib") {
+        return;
+    }
+    let kernel = guest("long64.elf").display().to_string();
+    // 4 GiB: 3 GiB below the 32-bit MMIO gap, 1 GiB above 4 GiB.
+    let run = run_vmm(&["--kernel", &kernel, "--memory", "4096"], b"", LIMIT);
+    assert!(!run.timed_out, "timed out: {run:?}");
+    let out = run.stdout_str();
+    assert!(
+        out.lines()
+            .any(|l| l == "e820: 0x0000000000100000 0x00000000bff00000 1"),
+        "RAM from 1 MiB up to the gap at 3 GiB:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == "e820: 0x0000000100000000 0x0000000040000000 1"),
+        "the last GiB above 4 GiB:\n{out}"
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
