@@ -297,13 +297,19 @@ pub(crate) fn readv(fd: RawFd, bufs: &[VolatileSlice]) -> io::Result<usize> {
             iov_len: g.len(),
         })
         .collect();
-    loop {
+    retry_on_eintr(|| {
         // SAFETY: each iovec describes a `VolatileSlice`, memory that is mapped and writable
         // for its whole length for as long as the slice lives (it outlives the call);
         // `guards` keeps the pointers valid; `iovs` holds at most IOV_MAX (1024) entries, so
         // its length fits a c_int. The kernel writes at most each iovec's length.
-        let n = unsafe { libc::readv(fd, iovs.as_ptr(), iovs.len() as libc::c_int) };
-        match usize::try_from(n) {
+        unsafe { libc::readv(fd, iovs.as_ptr(), iovs.len() as libc::c_int) }
+    })
+}
+
+/// Calls `syscall` until it does not fail with `EINTR`; a negative result is the OS error.
+fn retry_on_eintr(mut syscall: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        match usize::try_from(syscall()) {
             Ok(n) => return Ok(n),
             Err(_) => {
                 let err = io::Error::last_os_error();
@@ -328,19 +334,10 @@ pub(crate) fn writev(fd: RawFd, bufs: &[VolatileSlice]) -> io::Result<usize> {
             iov_len: g.len(),
         })
         .collect();
-    loop {
+    retry_on_eintr(|| {
         // SAFETY: as in `readv`; writev only reads the memory.
-        let n = unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as libc::c_int) };
-        match usize::try_from(n) {
-            Ok(n) => return Ok(n),
-            Err(_) => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
+        unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as libc::c_int) }
+    })
 }
 
 /// Running code in a fresh network namespace, for tests that need a real TAP.
