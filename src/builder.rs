@@ -55,16 +55,16 @@ pub struct VmConfig {
     pub kvm_path: PathBuf,
 }
 
-/// One virtio-net interface on a TAP device.
-#[derive(Debug, Clone)]
+/// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     pub tap: String,
     /// None: derived from the TAP's name, the same on every run.
     pub mac: Option<[u8; 6]>,
 }
 
-/// One virtio-blk disk.
-#[derive(Debug, Clone)]
+/// One virtio-blk disk (`--rootfs`, `--drive path=PATH[,ro][,id=ID]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::builder::{DiskConfig, NetConfig};
+
 /// Default kernel command line: serial console on COM1, reboot through the i8042 keyboard
 /// controller (which the VMM turns into a clean exit), and reboot at once on a panic.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
@@ -55,13 +57,13 @@ pub struct Cli {
     /// Repeatable. `ro` opens the file read-only; `id` is the serial the guest reads (20 bytes
     /// at most).
     #[arg(long = "drive", value_name = "path=PATH[,ro][,id=ID]", value_parser = parse_drive)]
-    pub drives: Vec<DriveSpec>,
+    pub drives: Vec<DiskConfig>,
 
     /// A network interface backed by a TAP device: `tap=NAME[,mac=MAC]`. Repeatable (eth0,
     /// eth1, …). The TAP is created when it does not exist (needs CAP_NET_ADMIN), else
     /// attached. Without `mac=` a stable MAC is derived from the TAP name.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
-    pub nets: Vec<NetSpec>,
+    pub nets: Vec<NetConfig>,
 
     /// Print a boot timeline on stderr: milliseconds since the VMM started, for each phase,
     /// and each byte the guest writes to the debug port 0x80.
@@ -69,25 +71,10 @@ pub struct Cli {
     pub timings: bool,
 }
 
-/// One disk from `--drive path=PATH[,ro][,id=ID]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriveSpec {
-    pub path: PathBuf,
-    pub read_only: bool,
-    pub id: Option<String>,
-}
-
 /// The longest disk id virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
 pub const MAX_DRIVE_ID_LEN: usize = 20;
 
-/// One network interface from `--net tap=NAME[,mac=MAC]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetSpec {
-    pub tap: String,
-    pub mac: Option<[u8; 6]>,
-}
-
-fn parse_net(s: &str) -> Result<NetSpec, String> {
+fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut tap = None;
     let mut mac = None;
     for part in s.split(',') {
@@ -104,10 +91,10 @@ fn parse_net(s: &str) -> Result<NetSpec, String> {
         }
     }
     let tap = tap.ok_or("missing tap=NAME; expected tap=NAME[,mac=MAC]")?;
-    Ok(NetSpec { tap, mac })
+    Ok(NetConfig { tap, mac })
 }
 
-fn parse_drive(s: &str) -> Result<DriveSpec, String> {
+fn parse_drive(s: &str) -> Result<DiskConfig, String> {
     let mut path = None;
     let mut read_only = false;
     let mut id = None;
@@ -131,7 +118,7 @@ fn parse_drive(s: &str) -> Result<DriveSpec, String> {
         }
     }
     let path = path.ok_or("missing path=PATH; expected path=PATH[,ro][,id=ID]")?;
-    Ok(DriveSpec {
+    Ok(DiskConfig {
         path,
         read_only,
         id,
@@ -199,12 +186,12 @@ mod tests {
         assert_eq!(
             cli.drives,
             vec![
-                DriveSpec {
+                DiskConfig {
                     path: "a.img".into(),
                     read_only: false,
                     id: None
                 },
-                DriveSpec {
+                DiskConfig {
                     path: "b.img".into(),
                     read_only: true,
                     id: Some("disk-b".into())
@@ -249,11 +236,11 @@ mod tests {
         assert_eq!(
             cli.nets,
             vec![
-                NetSpec {
+                NetConfig {
                     tap: "tap0".into(),
                     mac: None
                 },
-                NetSpec {
+                NetConfig {
                     tap: "tap1".into(),
                     mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef])
                 },

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::builder::{self, DiskConfig, NetConfig, VmConfig};
+use vmm::builder::{self, DiskConfig, VmConfig};
 use vmm::cli::Cli;
 use vmm::timeline;
 
@@ -19,30 +19,15 @@ fn main() -> ExitCode {
     timeline::enable(cli.timings);
     timeline::mark("arguments parsed");
 
-    let mut disks: Vec<DiskConfig> = cli
-        .rootfs
-        .iter()
-        .map(|path| DiskConfig {
-            path: path.clone(),
-            read_only: cli.rootfs_ro,
-            id: None,
-        })
-        .collect();
-    disks.extend(cli.drives.iter().map(|d| DiskConfig {
-        path: d.path.clone(),
-        read_only: d.read_only,
-        id: d.id.clone(),
-    }));
-    let nets = cli
-        .nets
-        .iter()
-        .map(|n| NetConfig {
-            tap: n.tap.clone(),
-            mac: n.mac,
-        })
-        .collect();
+    // The root disk comes first: it is /dev/vda.
+    let root = cli.rootfs.iter().map(|path| DiskConfig {
+        path: path.clone(),
+        read_only: cli.rootfs_ro,
+        id: None,
+    });
+    let disks = root.chain(cli.drives).collect();
     let config = VmConfig {
-        nets,
+        nets: cli.nets,
         root_disk: cli.rootfs.is_some(),
         disks,
         kernel: cli.kernel,
