@@ -13,9 +13,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 const DISK_BYTES: u64 = 4 << 20;
 
 fn disk(name: &str) -> PathBuf {
-    let dir = common::root().join("target").join("test-scratch");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
+    let p = common::scratch(name);
     let f = std::fs::File::create(&p).unwrap();
     f.set_len(DISK_BYTES).unwrap();
     p

@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{guest, kvm_or_skip, vmm_bin};
+use common::{guest, kvm_or_skip, scratch, vmm_bin};
 
 struct Outcome {
     code: Option<i32>,
@@ -63,12 +63,6 @@ fn assert_error(o: &Outcome, code: i32, first_line: &str) {
         "expected {first_line:?} in {:?}",
         o.stderr
     );
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = common::root().join("target").join("test-scratch");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 fn is_root() -> bool {

@@ -127,18 +127,22 @@ fn linux_bzimage_boots() {
     check_linux_boot("linux_bzimage_boots", "bzImage", 1);
 }
 
+/// The default root disk image, and a private copy of it named `name` (the guest mounts the
+/// copy read-write).
+fn private_rootfs(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let pristine = resource("build-rootfs.sh");
+    let copy = common::scratch(name);
+    std::fs::copy(&pristine, &copy).unwrap();
+    (pristine, copy)
+}
+
 #[test]
 fn linux_boots_from_the_root_disk() {
     let test = "linux_boots_from_the_root_disk";
     if !kvm_or_skip(test) {
         return;
     }
-    // A private copy: the guest mounts it read-write.
-    let pristine = resource("build-rootfs.sh");
-    let dir = common::root().join("target").join("test-scratch");
-    std::fs::create_dir_all(&dir).unwrap();
-    let disk = dir.join("linux-rootfs.ext4");
-    std::fs::copy(&pristine, &disk).unwrap();
+    let (pristine, disk) = private_rootfs("linux-rootfs.ext4");
     let run = boot_linux(
         "vmlinux",
         1,
@@ -180,11 +184,7 @@ fn linux_network_over_a_tap() {
         ));
         return;
     };
-    let pristine = resource("build-rootfs.sh");
-    let dir = common::root().join("target").join("test-scratch");
-    std::fs::create_dir_all(&dir).unwrap();
-    let disk = dir.join("linux-net-rootfs.ext4");
-    std::fs::copy(&pristine, &disk).unwrap();
+    let (_, disk) = private_rootfs("linux-net-rootfs.ext4");
     let kernel = resource("build-kernel.sh").join("vmlinux");
     // The guest configures eth0, receives a file over TCP and prints its hash.
     let guest_cmd = "ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up; echo VMM-NET-UP; \
@@ -261,7 +261,7 @@ fn linux_network_over_a_tap() {
         };
         stream.write_all(&payload).unwrap();
     });
-    let hash_file = dir.join("linux-net-payload");
+    let hash_file = common::scratch("linux-net-payload");
     std::fs::write(&hash_file, &payload).unwrap();
     let sha = std::process::Command::new("sha256sum")
         .arg(&hash_file)

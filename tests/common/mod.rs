@@ -71,6 +71,13 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// A path for a test's scratch file `name` (under target/test-scratch, created on demand).
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = root().join("target").join("test-scratch");
+    std::fs::create_dir_all(&dir).expect("create target/test-scratch");
+    dir.join(name)
+}
+
 /// Runs a resources/ script that prints the path of what it built (cached between runs).
 pub fn resource(script: &str) -> PathBuf {
     let output = Command::new("bash")
