@@ -178,30 +178,31 @@ pub fn finish(mut child: Child, input: &[u8], limit: Duration) -> Run {
 }
 
 /// Reads the child's stdout until `needle` appears or `limit` passes; returns what was read.
+/// The stream stays with the child, so `finish` can read the rest afterwards.
 pub fn read_until(child: &mut Child, needle: &str, limit: Duration) -> String {
-    let mut stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 256];
-        loop {
-            match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    use std::os::fd::AsRawFd;
+    let stdout = child.stdout.as_mut().expect("stdout");
     let start = Instant::now();
     let mut seen = Vec::new();
-    while start.elapsed() < limit {
-        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
-            seen.extend_from_slice(&chunk);
-            if String::from_utf8_lossy(&seen).contains(needle) {
-                break;
-            }
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        let mut pfd = libc::pollfd {
+            fd: stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        if ready <= 0 {
+            continue;
+        }
+        match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
     String::from_utf8_lossy(&seen).into_owned()
