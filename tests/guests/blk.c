@@ -95,13 +95,6 @@ static void fail(const char *msg)
 
 /* ---- virtqueue ---- */
 
-static void zero(uptr addr, u32 len)
-{
-    volatile u32 *p = (volatile u32 *)addr;
-    for (u32 i = 0; i < len / 4; i++)
-        p[i] = 0;
-}
-
 /*
  * Queues request `type` at `sector` in slot `slot` (descriptors 3*slot..3*slot+2):
  * header (device-readable), optional data (device-writable if `in`), status byte
@@ -258,7 +251,7 @@ void test_blk(const char *cmdline)
 
     /* 1. GET_ID */
     volatile u8 *id = (volatile u8 *)ID_BUF;
-    zero(ID_BUF, 32);
+    zero32(ID_BUF, 32);
     u32 s = do_req(T_GET_ID, 0, ID_BUF, BLK_ID_BYTES, 1);
     if (s == 0) {
         print("blk: id ");
@@ -278,7 +271,7 @@ void test_blk(const char *cmdline)
         print_status("flush", do_req(T_FLUSH, 0, 0, 0, 0));
 
     /* 4. read back */
-    zero(buf, len);
+    zero32(buf, len);
     s = do_req(T_IN, sector, buf, len, 1);
     print_status("read", s);
     if (!read_only) {

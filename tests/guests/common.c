@@ -145,6 +145,24 @@ int cmdline_get(const char *p, const char *key, char *buf, size_t len)
     return 0;
 }
 
+u32 hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return (u32)(c - '0');
+    if (c >= 'a' && c <= 'f')
+        return (u32)(c - 'a' + 10);
+    if (c >= 'A' && c <= 'F')
+        return (u32)(c - 'A' + 10);
+    return 16;
+}
+
+void zero32(uptr addr, u32 len)
+{
+    volatile u32 *p = (volatile u32 *)addr;
+    for (u32 i = 0; i < len / 4; i++)
+        p[i] = 0;
+}
+
 u32 cmdline_get_u32(const char *cmdline, const char *key, u32 def)
 {
     char buf[24];
@@ -157,14 +175,8 @@ u32 cmdline_get_u32(const char *cmdline, const char *key, u32 def)
         if (!*s)
             return def;
         for (; *s; s++) {
-            u32 d;
-            if (*s >= '0' && *s <= '9')
-                d = (u32)(*s - '0');
-            else if (*s >= 'a' && *s <= 'f')
-                d = (u32)(*s - 'a' + 10);
-            else if (*s >= 'A' && *s <= 'F')
-                d = (u32)(*s - 'A' + 10);
-            else
+            u32 d = hex_digit(*s);
+            if (d >= 16)
                 return def;
             v = v * 16 + d;
         }

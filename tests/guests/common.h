@@ -59,6 +59,10 @@ int cmdline_get(const char *cmdline, const char *key, char *buf, size_t len);
 /* Decimal (or 0x-prefixed hex) value of KEY, or def if absent or malformed. */
 u32 cmdline_get_u32(const char *cmdline, const char *key, u32 def);
 int str_eq(const char *a, const char *b);
+/* The value of hex digit c, or 16 when c is not one. */
+u32 hex_digit(char c);
+/* Zeroes len bytes (a multiple of 4) at addr with volatile 32-bit stores (rings, DMA buffers). */
+void zero32(uptr addr, u32 len);
 
 /* Debug-port mark 0x02, i8042 reset (0xFE to port 0x64), then cli; hlt forever. */
 void reboot(void) __attribute__((noreturn));

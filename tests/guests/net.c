@@ -59,13 +59,6 @@ static void fail(const char *msg)
     virtio_fail(&dev, msg);
 }
 
-static void zero(uptr addr, u32 len)
-{
-    volatile u32 *p = (volatile u32 *)addr;
-    for (u32 i = 0; i < len / 4; i++)
-        p[i] = 0;
-}
-
 static volatile u8 *rx_buf(u32 id)
 {
     return (volatile u8 *)(RX_BUFS + id * BUF_SIZE);
@@ -144,7 +137,7 @@ static void post_all_rx(void)
 static u32 build_tx_frame(u32 frame_len, const char *text)
 {
     volatile u8 *b = (volatile u8 *)TX_BUF;
-    zero(TX_BUF, BUF_SIZE);
+    zero32(TX_BUF, BUF_SIZE);
     volatile u8 *f = b + NET_HDR_LEN;
     for (u32 i = 0; i < ETH_ALEN; i++) {
         f[i] = 0xff;

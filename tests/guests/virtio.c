@@ -47,15 +47,7 @@ static int parse_num(const char **sp, u64 *out)
         base = 8;
     }
     for (;; s++, digits++) {
-        u32 d;
-        if (*s >= '0' && *s <= '9')
-            d = (u32)(*s - '0');
-        else if (*s >= 'a' && *s <= 'f')
-            d = (u32)(*s - 'a' + 10);
-        else if (*s >= 'A' && *s <= 'F')
-            d = (u32)(*s - 'A' + 10);
-        else
-            break;
+        u32 d = hex_digit(*s);
         if (d >= base)
             break;
         v = base == 16 ? v << 4 : base == 8 ? v << 3 : v * 10;
@@ -251,13 +243,6 @@ u64 virtio_negotiate(const struct virtio_dev *d, u64 wanted, u32 spin, u64 *offe
     return ((u64)a_hi << 32) | a_lo;
 }
 
-static void zero(uptr addr, u32 len)
-{
-    volatile u32 *p = (volatile u32 *)addr;
-    for (u32 i = 0; i < len / 4; i++)
-        p[i] = 0;
-}
-
 static void fail_queue(const struct virtio_dev *d, u32 index, const char *what)
     __attribute__((noreturn));
 static void fail_queue(const struct virtio_dev *d, u32 index, const char *what)
@@ -283,9 +268,9 @@ void virtio_setup_queue(const struct virtio_dev *d, struct virtq *q, u32 index, 
         fail_queue(d, index, " too small");
     vdev_wr(d, VM_QUEUE_NUM, size);
     /* §2.7: descriptor table 16*n, avail 6+2*n, used 6+8*n bytes (rounded up to 4). */
-    zero(desc, 16 * size);
-    zero(avail, 8 + 2 * size);
-    zero(used, 8 + 8 * size);
+    zero32(desc, 16 * size);
+    zero32(avail, 8 + 2 * size);
+    zero32(used, 8 + 8 * size);
     q->index = index;
     q->size = size;
     q->desc = (volatile struct virtq_desc *)desc;
