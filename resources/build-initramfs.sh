@@ -13,15 +13,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 need_pkgs busybox-static cpio gzip >&2
 
 busybox=/bin/busybox
-bb_ver=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$( (echo "busybox-static $bb_ver"; cat "$here/build-initramfs.sh") | sha256sum | cut -c1-16)
-out="$VMM_CACHE/initramfs-$key.cpio.gz"
+out=$(busybox_artifact initramfs cpio.gz "$here/build-initramfs.sh")
 if [ -s "$out" ]; then
     echo "$out"
     exit 0
 fi
 
-echo "building initramfs from busybox-static $bb_ver" >&2
+echo "building initramfs from busybox-static" >&2
 mkdir -p "$VMM_CACHE"
 tmp=$(mktemp -d "$VMM_CACHE/initramfs-build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -11,15 +11,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 need_pkgs busybox-static e2fsprogs >&2
 
-bb_ver=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$( (echo "busybox-static $bb_ver"; cat "$here/build-rootfs.sh") | sha256sum | cut -c1-16)
-out="$VMM_CACHE/rootfs-$key.ext4"
+out=$(busybox_artifact rootfs ext4 "$here/build-rootfs.sh")
 if [ -s "$out" ]; then
     echo "$out"
     exit 0
 fi
 
-echo "building ext4 root disk from busybox-static $bb_ver" >&2
+echo "building ext4 root disk from busybox-static" >&2
 mkdir -p "$VMM_CACHE"
 tmp=$(mktemp -d "$VMM_CACHE/rootfs-build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -30,7 +28,7 @@ for applet in sh mount umount echo cat ls reboot poweroff sleep uname sync mkdir
         ifconfig ip route ping nc sha256sum; do
     ln -s busybox "$root/bin/$applet"
 done
-echo "vmm-rootfs $key" > "$root/etc/vmm-rootfs-id"
+basename "$out" .ext4 | sed 's/^rootfs-/vmm-rootfs /' > "$root/etc/vmm-rootfs-id"
 cat > "$root/sbin/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin
@@ -50,7 +48,7 @@ INIT
 chmod 0755 "$root/sbin/init"
 # 16 MiB, no journal (a small test disk), files owned by root, reproducible UUID and times.
 E2FSPROGS_FAKE_TIME=1 mkfs.ext4 -q -F -L vmm-root -O ^has_journal -E root_owner=0:0 \
-    -U 6d6d7600-0000-4000-8000-000000000001 -d "$root" "$tmp/rootfs.ext4" 16M
+    -U 6d6d7600-0000-4000-8000-000000000001 -d "$root" "$tmp/rootfs.ext4" 16M >&2
 mv "$tmp/rootfs.ext4" "$out"
 echo "rootfs: $out ($(stat -c %s "$out") bytes)" >&2
 echo "$out"

@@ -17,3 +17,12 @@ need_pkgs() {
     fi
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# busybox_artifact NAME EXT SCRIPT: the cache path for an artifact that SCRIPT builds from
+# Debian's busybox-static, keyed by the busybox version and SCRIPT's contents.
+busybox_artifact() {
+    local ver key
+    ver=$(dpkg-query -W -f='${Version}' busybox-static)
+    key=$( (echo "busybox-static $ver"; cat "$3") | sha256sum | cut -c1-16)
+    echo "$VMM_CACHE/$1-$key.$2"
+}
