@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::builder::{DiskConfig, NetConfig};
+use crate::config::{DiskConfig, NetConfig};
 
 /// Default kernel command line: serial console on COM1, reboot through the i8042 keyboard
 /// controller (which the VMM turns into a clean exit), and reboot at once on a panic.

@@ -1,10 +1,9 @@
 //! Opening disk images: a regular file, read-only when asked (then the VMM cannot write it at
-//! all), and locked with `flock` so that two VMMs never write the same image: a writer takes
-//! an exclusive lock, a read-only user a shared one.
+//! all), and locked (`flock`, through `File::try_lock`) so that two VMMs never write the same
+//! image: a writer takes an exclusive lock, a read-only user a shared one.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// Why a disk image cannot be used.
@@ -33,19 +32,15 @@ pub fn open_disk(path: &Path, read_only: bool) -> Result<File, Error> {
     if !file.metadata().map_err(Error::Open)?.is_file() {
         return Err(Error::NotRegular);
     }
-    let mode = if read_only {
-        libc::LOCK_SH
+    let locked = if read_only {
+        file.try_lock_shared()
     } else {
-        libc::LOCK_EX
+        file.try_lock()
     };
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Error::Locked
-        } else {
-            Error::Lock(e)
-        });
+    match locked {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Err(Error::Locked),
+        Err(TryLockError::Error(e)) => return Err(Error::Lock(e)),
     }
     Ok(file)
 }

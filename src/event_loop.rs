@@ -1,6 +1,7 @@
 //! The main thread's event loop (event-manager): bytes from stdin go to the guest's serial
 //! port; the i8042 reset line, SIGINT/SIGTERM and the vCPUs' exit requests stop the VM.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use devices::serial::SerialDevice;
@@ -9,6 +10,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::exit::{ExitReason, VmExit};
+use crate::signals::SignalEvent;
 
 /// Forwards stdin to the serial port.
 pub struct StdinInput {
@@ -38,15 +40,7 @@ impl MutEventSubscriber for StdinInput {
         let mut buf = [0u8; 256];
         // Read the descriptor itself: `Stdin`'s own buffer would hide bytes from epoll.
         let n = if events.event_set().contains(EventSet::IN) {
-            // SAFETY: reads into a live local buffer of the given length from fd 0.
-            let n = unsafe {
-                libc::read(
-                    libc::STDIN_FILENO,
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                )
-            };
-            usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+            rustix::io::read(&self.stdin, &mut buf).map_err(std::io::Error::from)
         } else {
             Ok(0)
         };
@@ -74,11 +68,11 @@ const TOKEN_SIGNAL: u32 = 3;
 pub struct ExitWatcher {
     exit: Arc<VmExit>,
     reset_evt: EventFd,
-    signal_evt: EventFd,
+    signal_evt: SignalEvent,
 }
 
 impl ExitWatcher {
-    pub fn new(exit: Arc<VmExit>, reset_evt: EventFd, signal_evt: EventFd) -> Self {
+    pub fn new(exit: Arc<VmExit>, reset_evt: EventFd, signal_evt: SignalEvent) -> Self {
         ExitWatcher {
             exit,
             reset_evt,
@@ -89,12 +83,13 @@ impl ExitWatcher {
 
 impl MutEventSubscriber for ExitWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        for (fd, token) in [
+        let fds: [(&dyn AsRawFd, u32); 3] = [
             (&self.exit.evt, TOKEN_VM_EXIT),
             (&self.reset_evt, TOKEN_RESET),
             (&self.signal_evt, TOKEN_SIGNAL),
-        ] {
-            if let Err(e) = ops.add(Events::with_data(fd, token, EventSet::IN)) {
+        ];
+        for (fd, token) in fds {
+            if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), token, EventSet::IN)) {
                 // Without these the VM could never be stopped: stop it now.
                 self.exit.request(ExitReason::Error(format!(
                     "cannot watch the VM's stop events: {e:?}"
@@ -113,8 +108,7 @@ impl MutEventSubscriber for ExitWatcher {
                 self.exit.request(ExitReason::Reset);
             }
             TOKEN_SIGNAL => {
-                let _ = self.signal_evt.read();
-                let sig = crate::signals::last_signal().unwrap_or(libc::SIGTERM);
+                let sig = self.signal_evt.take().unwrap_or(libc::SIGTERM);
                 self.exit.request(ExitReason::Signal(sig));
             }
             other => log::warn!("unexpected event token {other}"),

@@ -1,18 +1,21 @@
 //! vmm: a small, fast, readable KVM virtual machine monitor.
 //!
-//! The boot path, in order: [`cli`] parses the options, [`builder::run_vm`] opens KVM and
-//! creates the VM ([`vm`]), maps guest memory and loads the kernel (the `boot` crate), creates
-//! the devices (the `devices` crate) and the vCPUs ([`vcpu`], with [`cpuid`]), then runs the
-//! [`event_loop`] on the main thread until the VM stops ([`exit`]).
+//! The boot path, in order: [`cli`] parses the options into a [`config::VmConfig`];
+//! [`runner::run_vm`] opens KVM and creates the VM ([`vm`]), maps guest memory and loads the
+//! kernel (the `boot` crate), creates the devices (the `devices` crate, wired to KVM by
+//! [`device_manager`]) and the vCPUs ([`vcpu`], with [`cpuid`]), then runs the [`event_loop`]
+//! on the main thread until the VM stops ([`exit`]). The arrows go one way: CLI → runner →
+//! vCPU, devices, boot.
 
-pub mod builder;
 pub mod cli;
+pub mod config;
 pub mod console;
 pub mod cpuid;
 pub mod device_manager;
 pub mod disk;
 pub mod event_loop;
 pub mod exit;
+pub mod runner;
 pub mod signals;
 pub mod terminal;
 pub mod timeline;

@@ -1,11 +1,12 @@
-//! The `vmm` binary: parse the command line, build and run the VM, report how it ended.
+//! The `vmm` binary: parse the command line, run the VM, report how it ended.
 
 use std::error::Error as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::builder::{self, DiskConfig, VmConfig};
+use vmm::config::{DiskConfig, VmConfig};
+use vmm::runner;
 use vmm::cli::Cli;
 use vmm::timeline;
 
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KVM_PATH)),
     };
-    match builder::run_vm(&config) {
+    match runner::run_vm(&config) {
         Ok(reason) => {
             let code = reason.exit_code();
             if code == 0 {
@@ -61,30 +62,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Minimal stderr logger: `RUST_LOG=debug|info|warn|error` (default warn).
+/// Log lines on stderr as `[vmm LEVEL] message`; `RUST_LOG` sets the level (default warn) and,
+/// as env_logger reads it, per-module filters.
 fn init_logging() {
-    struct StderrLogger;
-    impl log::Log for StderrLogger {
-        fn enabled(&self, metadata: &log::Metadata) -> bool {
-            metadata.level() <= log::max_level()
-        }
-        fn log(&self, record: &log::Record) {
-            if self.enabled(record.metadata()) {
-                eprintln!("[vmm {:>5}] {}", record.level(), record.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: StderrLogger = StderrLogger;
-    let level = match std::env::var("RUST_LOG").as_deref() {
-        Ok("trace") => log::LevelFilter::Trace,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("info") => log::LevelFilter::Info,
-        Ok("error") => log::LevelFilter::Error,
-        Ok("off") => log::LevelFilter::Off,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    use std::io::Write;
+    let env = env_logger::Env::default().default_filter_or("warn");
+    let _ = env_logger::Builder::from_env(env)
+        .format(|buf, record| writeln!(buf, "[vmm {:>5}] {}", record.level(), record.args()))
+        .try_init();
 }

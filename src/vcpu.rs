@@ -1,18 +1,29 @@
-//! vCPUs: registers, CPUID, MSRs, FPU and LAPIC set up for the kernel's entry, and the run
-//! loop that sends port and MMIO exits to the buses.
+//! vCPUs: registers, CPUID, MSRs, FPU and LAPIC set up for the kernel's entry, the run loop
+//! that sends port and MMIO exits to the buses, and the kick that stops it.
+//!
+//! Stopping a vCPU (Firecracker's design): the VMM records the exit reason first, then sends the
+//! vCPU's thread one [`kick_signal`]. Its handler sets `immediate_exit` in that thread's
+//! `kvm_run`, so `KVM_RUN` returns `EINTR` whether the signal came while the vCPU was in the
+//! guest (the signal itself interrupts it) or just before the thread entered `KVM_RUN` again
+//! (KVM sees `immediate_exit` and returns at once): one kick is always enough.
 
+use std::cell::Cell;
+use std::io;
 use std::sync::Arc;
 
 use boot::gdt::{self, Segment};
 use boot::layout;
 use boot::loader::EntryPoint;
 use boot::paging::{EFER_LMA, EFER_LME, X86_CR0_PE, X86_CR0_PG, X86_CR4_PAE};
+use devices::IoBuses;
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId, Msrs,
     KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use libc::{c_int, c_void, siginfo_t};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::exit::{ExitReason, VmExit};
 
@@ -73,6 +84,50 @@ pub enum Error {
     },
     #[error("cannot build the MSR list")]
     MsrList,
+}
+
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread is running, for the kick handler; null while the
+    /// thread runs none. Constant-initialised and without a destructor, so reading it in a
+    /// signal handler allocates nothing.
+    static THIS_KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: c_int, _: *mut siginfo_t, _: *mut c_void) {
+    let run = THIS_KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: a non-null pointer is the `kvm_run` mapping of the vCPU this very thread is
+        // running (set in `Vcpu::run`, cleared before that vCPU's descriptor is closed), and the
+        // handler runs on this thread. KVM reads the field on each entry; a volatile write of
+        // one byte is what the KVM API asks of user space here.
+        unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+    }
+}
+
+/// Installs the kick handler (once, before any vCPU thread starts).
+pub fn register_kick_handler() -> io::Result<()> {
+    register_signal_handler(kick_signal(), on_kick).map_err(io::Error::from)
+}
+
+/// Publishes a vCPU's `kvm_run` to this thread's kick handler while alive.
+struct KickTarget;
+
+impl KickTarget {
+    fn set(run: &mut kvm_run) -> Self {
+        THIS_KVM_RUN.with(|cell| cell.set(run));
+        KickTarget
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        THIS_KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
+    }
 }
 
 /// A vCPU before it runs.
@@ -253,13 +308,11 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the VM stops. Every way out records an `ExitReason` first.
-    pub fn run(
-        mut self,
-        io: Arc<crate::builder::IoBuses>,
-        mem: GuestMemoryMmap,
-        exit: Arc<VmExit>,
-    ) {
+    pub fn run(mut self, io: Arc<IoBuses>, mem: GuestMemoryMmap, exit: Arc<VmExit>) {
         let cpu = self.index;
+        // Dropped before `self` (locals go before arguments), so the handler never sees a
+        // closed vCPU's mapping.
+        let _kick = KickTarget::set(self.fd.get_kvm_run());
         loop {
             if exit.stopping() {
                 return;
@@ -302,6 +355,7 @@ impl Vcpu {
                     ))
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick (or another signal): clear the kick's flag and look at `stopping`.
                     self.fd.set_kvm_immediate_exit(0);
                     continue;
                 }

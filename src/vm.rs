@@ -2,20 +2,16 @@
 //! controllers and PIT, and guest memory registered as KVM memory slots.
 
 use std::io;
-use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::KVM_PIT_SPEAKER_DUMMY;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use boot::layout;
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// The only KVM API version there has ever been (`KVM_GET_API_VERSION`).
 pub const KVM_API_VERSION: i32 = 12;
-
-/// Where KVM puts the three pages of the real-mode TSS that VMX needs (`KVM_SET_TSS_ADDR`):
-/// just below the IOAPIC/LAPIC area, inside the 32-bit MMIO gap, so it never overlaps RAM.
-pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// The KVM capabilities the VMM relies on, with the names a user can look up.
 const REQUIRED_CAPS: &[(Cap, &str)] = &[
@@ -79,14 +75,14 @@ pub struct Vm {
 }
 
 /// Opens a KVM device node, turning the common failures into messages that say what to do.
-pub fn open_kvm(path: &Path) -> Result<Kvm, Error> {
+fn open_kvm(path: &Path) -> Result<Kvm, Error> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
         Error::OpenKvm {
             path: path.to_path_buf(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
         }
     })?;
-    let fd = Kvm::open_with_cloexec_at(&c_path, true).map_err(|e| {
+    Kvm::new_with_path(&c_path).map_err(|e| {
         let source = io::Error::from_raw_os_error(e.errno());
         match source.kind() {
             io::ErrorKind::NotFound => Error::NoKvm(path.to_path_buf()),
@@ -96,9 +92,7 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, Error> {
                 source,
             },
         }
-    })?;
-    // SAFETY: `fd` was just opened by us on the KVM device node and is owned by nothing else.
-    Ok(unsafe { Kvm::from_raw_fd(fd) })
+    })
 }
 
 impl Vm {
@@ -123,7 +117,7 @@ impl Vm {
                 source,
             })?;
         let fd = kvm.create_vm().map_err(Error::CreateVm)?;
-        fd.set_tss_address(KVM_TSS_ADDRESS)
+        fd.set_tss_address(layout::KVM_TSS_START.0 as usize)
             .map_err(|source| Error::Setup {
                 what: "KVM_SET_TSS_ADDR",
                 source,

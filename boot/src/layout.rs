@@ -1,4 +1,5 @@
-//! Every guest-physical address and size the VMM uses, in one place.
+//! Every guest-physical address and size the VMM uses, and every I/O port it maps, in one
+//! place.
 //!
 //! Low memory (below 1 MiB) holds the boot structures; the kernel is loaded at 1 MiB; the
 //! 32-bit MMIO gap `[3 GiB, 4 GiB)` holds the interrupt controllers and virtio-mmio devices, and
@@ -101,14 +102,31 @@ pub const IOAPIC_START: GuestAddress = GuestAddress(0xfec0_0000);
 /// Local APIC MMIO base (Linux arch/x86/include/asm/apicdef.h `APIC_DEFAULT_PHYS_BASE`).
 pub const APIC_START: GuestAddress = GuestAddress(0xfee0_0000);
 
+/// Where KVM puts the three pages of the real-mode TSS that VMX needs (`KVM_SET_TSS_ADDR`):
+/// just below the IOAPIC/LAPIC area, inside the 32-bit MMIO gap, so it never overlaps RAM.
+pub const KVM_TSS_START: GuestAddress = GuestAddress(0xfffb_d000);
+
 /// First address above the 32-bit address space: RAM beyond [`MMIO_GAP_START`] continues here.
 pub const FIRST_ADDR_PAST_32BITS: GuestAddress = GuestAddress(0x1_0000_0000);
 
 /// Number of IOAPIC input pins (the KVM in-kernel IOAPIC has 24).
 pub const IOAPIC_NUM_PINS: u8 = 24;
 
-/// Legacy IRQ of the first serial port (COM1, I/O port 0x3f8).
+/// Legacy IRQ of the first serial port (COM1, I/O port [`COM1_PORT`]).
 pub const SERIAL_IRQ: u32 = 4;
+
+// Port I/O: the PC's fixed ISA port assignments for the devices the VMM emulates. How many
+// ports each device decodes from its base is the device model's own fact (`devices` crate).
+
+/// COM1: the first 16550 UART (`devices::serial::SERIAL_PORT_LEN` ports from here).
+pub const COM1_PORT: u16 = 0x3f8;
+
+/// The i8042 keyboard controller: its data port; the command/status port is 0x64
+/// (`devices::i8042::I8042_PORT_LEN` ports from here).
+pub const I8042_PORT: u16 = 0x60;
+
+/// The POST/debug port, where a guest writes a byte to mark a boot milestone.
+pub const DEBUG_PORT: u16 = 0x80;
 
 // The layout must not overlap itself.
 const _: () = assert!(BOOT_GDT_START.0 + 5 * 8 <= BOOT_IDT_START.0);
@@ -127,3 +145,5 @@ const _: () = assert!(EBDA_START.0 < LOW_RAM_END.0 && LOW_RAM_END.0 <= HIMEM_STA
 const _: () = assert!(MMIO_GAP_START.0 <= VIRTIO_MMIO_START.0);
 const _: () = assert!(VIRTIO_MMIO_START.0 < IOAPIC_START.0 && IOAPIC_START.0 < APIC_START.0);
 const _: () = assert!(APIC_START.0 < MMIO_GAP_END.0);
+const _: () = assert!(APIC_START.0 + 0x1000 <= KVM_TSS_START.0);
+const _: () = assert!(KVM_TSS_START.0 + 3 * 0x1000 <= MMIO_GAP_END.0);

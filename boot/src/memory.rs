@@ -73,7 +73,7 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), Error> {
     if mem_size < MIN_MEM_SIZE {
         return Err(Error::TooSmall { size: mem_size });
     }
-    if mem_size % PAGE_SIZE != 0 {
+    if !mem_size.is_multiple_of(PAGE_SIZE) {
         return Err(Error::NotPageAligned { size: mem_size });
     }
     let above_gap = mem_size.saturating_sub(MMIO_GAP_START.0);

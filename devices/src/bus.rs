@@ -5,8 +5,9 @@
 //! it was inserted at and the offset of the access within that range, so one device type can be
 //! mapped at several bases (COM1 and COM2, for example).
 //!
-//! The bus is built once, before the vCPUs start, and then cloned into every vCPU thread: clones
-//! share the devices (`Arc<Mutex<_>>`) and the count of accesses that no device answered.
+//! The buses are built once, before the vCPUs start, and then shared by every vCPU thread as one
+//! `Arc<`[`IoBuses`]`>`; each device sits behind its own `Mutex`, so vCPUs that reach different
+//! devices do not wait for one another.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +60,6 @@ pub enum BusError {
 }
 
 /// One device's range on the bus, keyed in the map by its first address.
-#[derive(Clone)]
 struct BusEntry {
     /// Last address of the range, inclusive (so a range may end at `u64::MAX`).
     last: u64,
@@ -67,13 +67,20 @@ struct BusEntry {
 }
 
 /// An address bus that dispatches accesses to the devices mapped on it.
-///
-/// Cloning is cheap (it copies a small map of `Arc`s) and clones share the devices and the
-/// unhandled-access counter, so every vCPU thread can own one.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Bus {
     devices: BTreeMap<u64, BusEntry>,
-    unhandled: Arc<AtomicU64>,
+    /// Accesses that no device answered, from every vCPU.
+    unhandled: AtomicU64,
+}
+
+/// The port-I/O and MMIO buses of a VM, shared by all its vCPU threads.
+#[derive(Debug, Default)]
+pub struct IoBuses {
+    /// Port I/O (`in`/`out`): the legacy PC devices.
+    pub pio: Bus,
+    /// Memory-mapped I/O in the 32-bit MMIO gap: the virtio-mmio devices.
+    pub mmio: Bus,
 }
 
 // vCPU threads share the bus: fail the build, not a test, if that ever stops being possible.
@@ -349,9 +356,10 @@ mod tests {
     }
 
     #[test]
-    fn unhandled_accesses_are_counted_across_clones() {
+    fn unhandled_accesses_are_counted_for_every_vcpu() {
         let mut bus = Bus::new();
         bus.insert(recorder(), 0x60, 5).unwrap();
+        let bus = Arc::new(bus);
         let clone = bus.clone();
 
         let mut data = [0u8; 2];
@@ -400,10 +408,11 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_devices_across_threads() {
+    fn threads_share_one_bus() {
         let mut bus = Bus::new();
         let dev = recorder();
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
+        let bus = Arc::new(bus);
 
         let handles: Vec<_> = (0..4u8)
             .map(|i| {

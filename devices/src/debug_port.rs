@@ -9,8 +9,8 @@
 //! `outb_p`) unless the hypervisor advertises `KVM_FEATURE_NOP_IO_DELAY` in CPUID, so the callback
 //! must be cheap and must expect bytes that are not milestones.
 
-/// Conventional I/O port of the debug port.
-pub const DEBUG_PORT: u16 = 0x80;
+/// How many ports the debug port decodes: one.
+pub const DEBUG_PORT_LEN: u64 = 1;
 
 /// Callback invoked with every byte the guest writes to the debug port.
 pub type DebugPortCallback = Box<dyn FnMut(u8) + Send>;
@@ -62,7 +62,7 @@ mod tests {
         let sink = seen.clone();
         let mut port = DebugPort::new(Box::new(move |v| sink.lock().unwrap().push(v)));
 
-        let base = u64::from(DEBUG_PORT);
+        let base = 0x80;
         port.write(base, 0, &[0x10]);
         port.write(base, 0, &[0x20]);
         port.write(base, 0, &[0x10, 0x11]); // a word write is not a milestone

@@ -3,58 +3,48 @@
 //! Linux reboots with `reboot=k` by writing the "pulse output port" command 0xFE to the
 //! controller's command port (0x64), which on a PC pulses the CPU's reset line (Linux
 //! `arch/x86/kernel/reboot.c`, `BOOT_KBD`). Before each write it polls the status port until the
-//! input buffer is empty (`kb_wait`), so reading status as 0 lets it proceed at once. This is the
-//! same minimal model as Cloud Hypervisor's and vm-superio's `I8042Device`.
+//! input buffer is empty (`kb_wait`), so reading status as 0 lets it proceed at once.
+//! [`vm_superio::I8042Device`] models exactly that; [`I8042Device`] puts it on the [`crate::Bus`]
+//! with an eventfd as its reset line.
 //!
-//! The VMM maps this device at port 0x60 with length 5 (0x60..=0x64), so offsets are relative to
-//! the data port 0x60.
+//! The VMM maps this device at the data port 0x60 with length [`I8042_PORT_LEN`]
+//! (0x60..=0x64), so offsets are relative to the data port.
 
 use vmm_sys_util::eventfd::EventFd;
 
-/// First I/O port of the device as the VMM maps it (the data port).
-pub const I8042_BASE: u16 = 0x60;
-/// Number of ports the VMM maps, 0x60..=0x64.
-pub const I8042_LEN: u16 = 5;
+use crate::interrupt::EventFdTrigger;
 
-/// Offset of the data port, 0x60.
-const DATA_OFFSET: u64 = 0;
-/// Offset of the status (read) / command (write) port, 0x64.
-const COMMAND_OFFSET: u64 = 4;
-/// Command 0xFE: pulse output port bit 0, wired to the CPU reset line.
-const CMD_RESET_CPU: u8 = 0xfe;
-/// Status register value: output buffer empty, input buffer empty (bit 1 clear), so the guest's
-/// `kb_wait` loop ends at once.
-const STATUS_IDLE: u8 = 0;
+/// Number of ports the device decodes from the data port 0x60 up to the command port 0x64.
+pub const I8042_PORT_LEN: u64 = 5;
 
-/// Minimal i8042: turns a guest's keyboard-controller reset into a write to `reset_evt`.
+/// The i8042 on the bus: a guest's keyboard-controller reset writes 1 to the reset eventfd.
 #[derive(Debug)]
 pub struct I8042Device {
-    reset_evt: EventFd,
+    inner: vm_superio::I8042Device<EventFdTrigger>,
 }
 
 impl I8042Device {
     /// Creates the device; a guest reset request writes 1 to `reset_evt`.
     pub fn new(reset_evt: EventFd) -> Self {
-        Self { reset_evt }
+        Self {
+            inner: vm_superio::I8042Device::new(EventFdTrigger::new(reset_evt)),
+        }
     }
 }
 
 impl crate::BusDevice for I8042Device {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        let value = match offset {
-            COMMAND_OFFSET => STATUS_IDLE,
-            // No keyboard: the data port and the ports in between read as 0.
-            DATA_OFFSET => 0,
-            _ => 0,
-        };
+        // Every register reads as 0 (status: both buffers empty); the bus keeps `offset` inside
+        // the device's five ports.
+        let value = u8::try_from(offset).map_or(0, |offset| self.inner.read(offset));
         data.fill(value);
     }
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
-        match (offset, data) {
-            (COMMAND_OFFSET, [CMD_RESET_CPU]) => {
-                log::info!("guest requested a reset through the i8042 controller");
-                if let Err(e) = self.reset_evt.write(1) {
+        // Only single-byte writes are commands; vm-superio acts on 0xFE at the command port.
+        match (u8::try_from(offset), data) {
+            (Ok(offset), &[value]) => {
+                if let Err(e) = self.inner.write(offset, value) {
                     log::error!("i8042: cannot signal the reset event: {e}");
                 }
             }
@@ -73,7 +63,9 @@ mod tests {
     use std::io;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
-    const BASE: u64 = I8042_BASE as u64;
+    const BASE: u64 = 0x60;
+    const DATA_OFFSET: u64 = 0;
+    const COMMAND_OFFSET: u64 = 4;
 
     fn device() -> (I8042Device, EventFd) {
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -108,7 +100,7 @@ mod tests {
     #[test]
     fn status_and_other_reads_return_zero() {
         let (mut dev, evt) = device();
-        for offset in 0..u64::from(I8042_LEN) {
+        for offset in 0..I8042_PORT_LEN {
             let mut data = [0xaa];
             dev.read(BASE, offset, &mut data);
             assert_eq!(data, [0], "offset {offset}");

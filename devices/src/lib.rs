@@ -18,7 +18,7 @@ pub mod interrupt;
 pub mod serial;
 pub mod virtio;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, IoBuses};
 pub use debug_port::DebugPort;
 pub use i8042::I8042Device;
 pub use interrupt::EventFdTrigger;

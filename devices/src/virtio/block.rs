@@ -638,7 +638,7 @@ impl Disk {
     /// The byte offset of `len` bytes at `sector`, if they lie on the disk (§5.2.6.1: not a
     /// multiple of 512, or beyond `capacity`, is an error).
     fn disk_offset(&self, sector: u64, len: u64) -> Result<u64, RequestError> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(RequestError::DataLength(len));
         }
         let out_of_range = || RequestError::OutOfRange {

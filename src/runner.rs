@@ -1,75 +1,30 @@
-//! Builds and runs a VM, in the order of the boot story: VM → memory → kernel and initrd →
-//! boot structures → devices → vCPUs → run until the guest or the user stops it.
+//! Runs a VM to its end, in the order of the boot story: check the inputs → VM → memory →
+//! kernel and initrd → devices → boot structures → vCPUs → the event loop, until the guest or
+//! the user stops it → stop the vCPUs.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use boot::{layout, loader, memory, mptable, paging, params};
 use devices::debug_port::DebugPort;
 use devices::i8042::I8042Device;
 use devices::interrupt::EventFdTrigger;
 use devices::serial::SerialDevice;
-use devices::Bus;
+use devices::{Bus, IoBuses};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
+use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::exit::{ExitReason, VmExit};
 use crate::vcpu::{self, Vcpu};
 use crate::vm::{self, Vm};
 use crate::{cpuid, event_loop, signals, timeline};
-
-/// COM1: the 16550 UART's I/O ports and ISA IRQ.
-const COM1_PORT: u64 = 0x3f8;
-const COM1_PORT_LEN: u64 = 8;
-/// The i8042 keyboard controller, data port 0x60 to command/status port 0x64.
-const I8042_PORT: u64 = 0x60;
-const I8042_PORT_LEN: u64 = 5;
-/// POST/debug port: a guest writes a byte here to mark a milestone.
-const DEBUG_PORT: u64 = 0x80;
-
-/// How long to wait, at most, between two kicks of a vCPU thread that has not stopped yet
-/// (a kick can land just before the thread enters `KVM_RUN`; the next one gets it out).
-const MAX_KICK_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Everything needed to build a VM.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub memory_mib: u64,
-    pub cpus: u16,
-    /// Disks in guest order (/dev/vda first).
-    pub disks: Vec<DiskConfig>,
-    /// Network interfaces in guest order (eth0 first).
-    pub nets: Vec<NetConfig>,
-    /// The first disk is the root file system: `root=/dev/vda rw|ro` goes on the command line.
-    pub root_disk: bool,
-    pub kvm_path: PathBuf,
-}
-
-/// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetConfig {
-    pub tap: String,
-    /// None: derived from the TAP's name, the same on every run.
-    pub mac: Option<[u8; 6]>,
-}
-
-/// One virtio-blk disk (`--rootfs`, `--drive path=PATH[,ro][,id=ID]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskConfig {
-    pub path: PathBuf,
-    pub read_only: bool,
-    pub id: Option<String>,
-}
 
 /// Errors while building or running a VM. `exit_code()` tells usage errors (2) from runtime
 /// errors (1).
@@ -83,8 +38,12 @@ pub enum Error {
     TooManyCpusForMpTable { requested: u16, max: u8 },
     #[error("--memory {mib} MiB is more than this host has ({host_mib} MiB of RAM)")]
     MemoryTooLarge { mib: u64, host_mib: u64 },
-    #[error("--memory {mib} MiB is too small: the VMM needs at least {min_mib} MiB")]
-    MemoryTooSmall { mib: u64, min_mib: u64 },
+    #[error("--memory {mib} MiB is too small")]
+    MemoryTooSmall {
+        mib: u64,
+        #[source]
+        source: memory::Error,
+    },
     #[error("cannot open the kernel {path}")]
     OpenKernel {
         path: PathBuf,
@@ -188,21 +147,10 @@ impl Error {
     }
 }
 
-/// The port-I/O and MMIO buses shared by all vCPUs.
-pub struct IoBuses {
-    pub pio: Bus,
-    pub mmio: Bus,
-}
-
-/// The host's RAM in MiB (sysinfo), or None when it cannot be read.
-fn host_ram_mib() -> Option<u64> {
-    // SAFETY: sysinfo is plain old data, filled in by the call.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a sysinfo we own.
-    if unsafe { libc::sysinfo(&mut info) } != 0 {
-        return None;
-    }
-    Some((info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) >> 20)
+/// The host's RAM in MiB (sysinfo).
+fn host_ram_mib() -> u64 {
+    let info = rustix::system::sysinfo();
+    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) >> 20
 }
 
 fn open(path: &Path) -> io::Result<File> {
@@ -224,21 +172,18 @@ fn check_config(config: &VmConfig) -> Result<(), Error> {
             max: mptable::MAX_SUPPORTED_CPUS,
         });
     }
-    let min_mib = memory::MIN_MEM_SIZE >> 20;
-    if config.memory_mib < min_mib {
-        return Err(Error::MemoryTooSmall {
+    let host_mib = host_ram_mib();
+    if config.memory_mib > host_mib {
+        return Err(Error::MemoryTooLarge {
             mib: config.memory_mib,
-            min_mib,
+            host_mib,
         });
     }
-    if let Some(host_mib) = host_ram_mib() {
-        if config.memory_mib > host_mib {
-            return Err(Error::MemoryTooLarge {
-                mib: config.memory_mib,
-                host_mib,
-            });
-        }
-    }
+    // Below the host's RAM, so the size in bytes fits a u64.
+    memory::check_mem_size(config.memory_mib << 20).map_err(|source| Error::MemoryTooSmall {
+        mib: config.memory_mib,
+        source,
+    })?;
     Ok(())
 }
 
@@ -323,6 +268,10 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
     } = open_inputs(config)?;
     let signal_evt = signals::install().map_err(|source| Error::Io {
         what: "signal handling",
+        source,
+    })?;
+    vcpu::register_kick_handler().map_err(|source| Error::Io {
+        what: "the vCPU kick signal",
         source,
     })?;
 
@@ -482,7 +431,11 @@ fn create_devices(
         EventFdTrigger::new(serial_evt),
         Box::new(crate::console::ConsoleOutput::new()),
     )));
-    pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)
+    pio.insert(
+        serial.clone(),
+        u64::from(layout::COM1_PORT),
+        devices::serial::SERIAL_PORT_LEN,
+    )
         .map_err(bus_err("the serial port"))?;
 
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the i8042 reset line"))?;
@@ -491,13 +444,21 @@ fn create_devices(
             .try_clone()
             .map_err(io_err("the i8042 reset line"))?,
     );
-    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)
+    pio.insert(
+        Arc::new(Mutex::new(i8042)),
+        u64::from(layout::I8042_PORT),
+        devices::i8042::I8042_PORT_LEN,
+    )
         .map_err(bus_err("the i8042 controller"))?;
 
     let debug = DebugPort::new(Box::new(|value| {
         timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
     }));
-    pio.insert(Arc::new(Mutex::new(debug)), DEBUG_PORT, 1)
+    pio.insert(
+        Arc::new(Mutex::new(debug)),
+        u64::from(layout::DEBUG_PORT),
+        devices::debug_port::DEBUG_PORT_LEN,
+    )
         .map_err(bus_err("the debug port"))?;
 
     let mut mmio = Bus::default();
@@ -572,21 +533,13 @@ fn start_vcpus(
     Ok(threads)
 }
 
-/// Kicks every vCPU thread out of `KVM_RUN` until all have returned, then joins them.
+/// Kicks every vCPU thread out of `KVM_RUN` once (the exit reason is already recorded, and
+/// the kick sets `immediate_exit`: see [`crate::vcpu`]), then joins them.
 fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
-    let mut interval = Duration::from_micros(100);
-    loop {
-        let running: Vec<&JoinHandle<()>> = threads.iter().filter(|t| !t.is_finished()).collect();
-        if running.is_empty() {
-            break;
+    for thread in threads.iter().filter(|t| !t.is_finished()) {
+        if let Err(e) = thread.kill(vcpu::kick_signal()) {
+            log::warn!("cannot kick a vCPU thread: {e}");
         }
-        for thread in running {
-            if let Err(e) = thread.kill(signals::kick_signal()) {
-                log::debug!("cannot kick a vCPU thread: {e}");
-            }
-        }
-        std::thread::sleep(interval);
-        interval = (interval * 2).min(MAX_KICK_INTERVAL);
     }
     for thread in threads {
         if thread.join().is_err() {

@@ -1,0 +1,37 @@
+//! What a VM is made of, as the user asked for it: the CLI fills these in, the runner builds
+//! and runs the VM they describe.
+
+use std::path::PathBuf;
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub cpus: u16,
+    /// Disks in guest order (/dev/vda first).
+    pub disks: Vec<DiskConfig>,
+    /// Network interfaces in guest order (eth0 first).
+    pub nets: Vec<NetConfig>,
+    /// The first disk is the root file system: `root=/dev/vda rw|ro` goes on the command line.
+    pub root_disk: bool,
+    pub kvm_path: PathBuf,
+}
+
+/// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    /// None: derived from the TAP's name, the same on every run.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// One virtio-blk disk (`--rootfs`, `--drive path=PATH[,ro][,id=ID]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub id: Option<String>,
+}
