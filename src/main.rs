@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use vmm::cli::Cli;
 use vmm::config::{DiskConfig, VmConfig};
 use vmm::runner;
-use vmm::cli::Cli;
 use vmm::timeline;
 
 /// The KVM device node; `VMM_KVM_PATH` overrides it (for tests and unusual hosts).

@@ -436,7 +436,7 @@ fn create_devices(
         u64::from(layout::COM1_PORT),
         devices::serial::SERIAL_PORT_LEN,
     )
-        .map_err(bus_err("the serial port"))?;
+    .map_err(bus_err("the serial port"))?;
 
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the i8042 reset line"))?;
     let i8042 = I8042Device::new(
@@ -449,7 +449,7 @@ fn create_devices(
         u64::from(layout::I8042_PORT),
         devices::i8042::I8042_PORT_LEN,
     )
-        .map_err(bus_err("the i8042 controller"))?;
+    .map_err(bus_err("the i8042 controller"))?;
 
     let debug = DebugPort::new(Box::new(|value| {
         timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
@@ -459,7 +459,7 @@ fn create_devices(
         u64::from(layout::DEBUG_PORT),
         devices::debug_port::DEBUG_PORT_LEN,
     )
-        .map_err(bus_err("the debug port"))?;
+    .map_err(bus_err("the debug port"))?;
 
     let mut mmio = Bus::default();
     let mut manager = crate::device_manager::DeviceManager::default();

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{guest, kvm_or_skip, run_vmm, spawn};
+use common::{guest, run_vmm, spawn};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const DISK_BYTES: u64 = 4 << 20;
@@ -49,10 +49,8 @@ fn refs(v: &[String]) -> Vec<&str> {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn guest_writes_flushes_and_reads_back() {
-    if !kvm_or_skip("guest_writes_flushes_and_reads_back") {
-        return;
-    }
     let img = disk("blk-rw.img");
     let a = blk_args(
         &["--rootfs", &img.display().to_string()],
@@ -96,10 +94,8 @@ fn guest_writes_flushes_and_reads_back() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn read_only_disk_refuses_writes() {
-    if !kvm_or_skip("read_only_disk_refuses_writes") {
-        return;
-    }
     let img = disk("blk-ro.img");
     let a = blk_args(
         &[
@@ -134,10 +130,8 @@ fn read_only_disk_refuses_writes() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn second_drive_is_the_second_device() {
-    if !kvm_or_skip("second_drive_is_the_second_device") {
-        return;
-    }
     let (a_img, b_img) = (disk("blk-a.img"), disk("blk-b.img"));
     let a = blk_args(
         &[
@@ -167,10 +161,8 @@ fn second_drive_is_the_second_device() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn flushed_data_survives_sigkill() {
-    if !kvm_or_skip("flushed_data_survives_sigkill") {
-        return;
-    }
     let img = disk("blk-kill.img");
     let a = blk_args(
         &["--rootfs", &img.display().to_string()],
@@ -186,10 +178,8 @@ fn flushed_data_survives_sigkill() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn a_locked_image_is_refused() {
-    if !kvm_or_skip("a_locked_image_is_refused") {
-        return;
-    }
     let img = disk("blk-locked.img");
     let a = blk_args(&["--rootfs", &img.display().to_string()], "test=halt");
     let mut first = spawn(&refs(&a));

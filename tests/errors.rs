@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{guest, kvm_or_skip, scratch, vmm_bin};
+use common::{guest, scratch, vmm_bin};
 
 struct Outcome {
     code: Option<i32>,
@@ -190,10 +190,8 @@ fn missing_initrd() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn initrd_larger_than_the_room_below_its_limit() {
-    if !kvm_or_skip("initrd_larger_than_the_room_below_its_limit") {
-        return;
-    }
     let big = scratch("big-initrd");
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(40 << 20).unwrap();
@@ -249,13 +247,16 @@ fn memory_beyond_the_host() {
 }
 
 #[test]
-fn cpus_beyond_the_limits() {
+fn cpus_beyond_the_mp_table() {
     let kernel = guest("pvh.elf").display().to_string();
     let o = vmm(&["--kernel", &kernel, "--cpus", "300"], &[], None);
     assert_error(&o, 2, "--cpus 300 is more than the VMM supports (254");
-    if !kvm_or_skip("cpus_beyond_the_limits (KVM's own limit)") {
-        return;
-    }
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn cpus_beyond_kvms_limit() {
+    let kernel = guest("pvh.elf").display().to_string();
     // KVM's limit is checked against the host: find it through the VMM's own message by
     // asking for the most the MP table allows, which passes on hosts that allow 254 or more.
     let o = vmm(

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{host_is_pvm, kvm_or_skip, resource, run_vmm, Run};
+use common::{host_is_pvm, resource, run_vmm, Run};
 
 /// Long enough for the LZ4 bzImage to decompress under the PVM emulator (about 30 s here).
 const LIMIT: Duration = Duration::from_secs(240);
@@ -101,9 +101,6 @@ fn check_pvm_exit(test: &str, run: &Run) {
 }
 
 fn check_linux_boot(test: &str, image: &str, cpus: u16) {
-    if !kvm_or_skip(test) {
-        return;
-    }
     let run = boot_linux(image, cpus, &[]);
     let out = check_early_boot(&run, CMDLINE, cpus);
     if host_is_pvm() {
@@ -118,11 +115,13 @@ fn check_linux_boot(test: &str, image: &str, cpus: u16) {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn linux_pvh_vmlinux_boots_with_two_cpus() {
     check_linux_boot("linux_pvh_vmlinux_boots_with_two_cpus", "vmlinux", 2);
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn linux_bzimage_boots() {
     check_linux_boot("linux_bzimage_boots", "bzImage", 1);
 }
@@ -137,11 +136,9 @@ fn private_rootfs(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn linux_boots_from_the_root_disk() {
     let test = "linux_boots_from_the_root_disk";
-    if !kvm_or_skip(test) {
-        return;
-    }
     let (pristine, disk) = private_rootfs("linux-rootfs.ext4");
     let run = boot_linux(
         "vmlinux",
@@ -173,17 +170,15 @@ fn linux_boots_from_the_root_disk() {
 }
 
 #[test]
+#[cfg_attr(
+    any(no_kvm, no_netns),
+    ignore = "needs a usable /dev/kvm, and root with iproute2 and /dev/net/tun for a network namespace"
+)]
 fn linux_network_over_a_tap() {
     let test = "linux_network_over_a_tap";
-    if !kvm_or_skip(test) {
-        return;
-    }
-    let Some(ns) = common::Netns::create("linux", Some("10.0.2.1/24")) else {
-        common::say(&format!(
-            "SKIP {test}: cannot create a network namespace with a TAP (needs root, iproute2 and /dev/net/tun)"
-        ));
-        return;
-    };
+    let ns = common::Netns::create("linux", Some("10.0.2.1/24")).expect(
+        "a network namespace with a TAP (root, iproute2 and /dev/net/tun were there at build time)",
+    );
     let (_, disk) = private_rootfs("linux-net-rootfs.ext4");
     let kernel = resource("build-kernel.sh").join("vmlinux");
     // The guest configures eth0, receives a file over TCP and prints its hash.

@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{guest, kvm_or_skip, vmm_bin};
+use common::{guest, vmm_bin};
 
 fn termios(fd: i32) -> libc::termios {
     // SAFETY: termios is plain old data; tcgetattr fills it in from a valid descriptor.
@@ -18,10 +18,8 @@ fn termios(fd: i32) -> libc::termios {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn raw_mode_while_running_and_restored_on_sigterm() {
-    if !kvm_or_skip("raw_mode_while_running_and_restored_on_sigterm") {
-        return;
-    }
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two descriptors into the given integers; the other arguments may
     // be null.

@@ -18,25 +18,7 @@ pub fn vmm_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vmm"))
 }
 
-/// Whether `/dev/kvm` can be opened; on failure, prints a skip line for `test` and returns
-/// false. Tests that need KVM start with `if !common::kvm_or_skip("name") { return; }`.
-pub fn kvm_or_skip(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            say(&format!(
-                "SKIP {test}: /dev/kvm is not usable here ({e}); this test needs KVM"
-            ));
-            false
-        }
-    }
-}
-
-/// Prints a line that the test harness does not capture (skip and mode lines must show).
+/// Prints a line that the test harness does not capture (mode lines must show).
 pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -545,7 +545,9 @@ impl BusDevice for MmioTransport {
         }
         // §4.2.2: registers are accessed as aligned 32-bit words only.
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(word) if offset.is_multiple_of(4) => *word = self.read_register(offset).to_le_bytes(),
+            Ok(word) if offset.is_multiple_of(4) => {
+                *word = self.read_register(offset).to_le_bytes()
+            }
             _ => {
                 debug!(
                     "virtio-mmio: {}-byte register read at {offset:#x} ignored",
@@ -569,7 +571,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset.is_multiple_of(4) => self.write_register(offset, u32::from_le_bytes(word)),
+            Ok(word) if offset.is_multiple_of(4) => {
+                self.write_register(offset, u32::from_le_bytes(word))
+            }
             _ => debug!(
                 "virtio-mmio: {}-byte register write at {offset:#x} ignored",
                 data.len()
