@@ -49,7 +49,7 @@ impl RawModeGuard {
 }
 
 /// Restores the saved terminal settings, if any. Safe to call more than once.
-pub fn restore() {
+fn restore() {
     let saved = SAVED.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(t) = saved {
         if let Err(e) = termios::tcsetattr(io::stdin(), OptionalActions::Now, &t) {

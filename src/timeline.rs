@@ -19,7 +19,7 @@ pub fn enable(on: bool) {
 }
 
 /// Milliseconds since `start()`.
-pub fn elapsed_ms() -> f64 {
+fn elapsed_ms() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
 }
 

@@ -256,13 +256,13 @@ impl Vcpu {
             .fd
             .get_sregs()
             .map_err(self.configure_err("KVM_GET_SREGS"))?;
-        let table = &gdt::BOOT_GDT;
+        // The selectors are constants that index BOOT_GDT (checked by the boot crate's tests).
         let seg = |selector: u16| {
-            let index = (selector >> 3) as u8;
-            kvm_segment(&gdt::segment_from_entry(table[usize::from(index)], index))
+            let segment = gdt::boot_segment((selector >> 3) as u8);
+            kvm_segment(&segment.expect("a boot GDT selector"))
         };
         sregs.gdt.base = layout::BOOT_GDT_START.0;
-        sregs.gdt.limit = (std::mem::size_of_val(table) - 1) as u16;
+        sregs.gdt.limit = (std::mem::size_of_val(&gdt::BOOT_GDT) - 1) as u16;
         sregs.idt.base = layout::BOOT_IDT_START.0;
         sregs.idt.limit = 7;
         let data = seg(gdt::DATA_SELECTOR);
@@ -445,7 +445,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Where `/sys/module/kvm_pvm` exists, KVM is a software nested hypervisor.
-pub const KVM_PVM_MODULE: &str = "/sys/module/kvm_pvm";
+const KVM_PVM_MODULE: &str = "/sys/module/kvm_pvm";
 
 /// On hosts whose KVM is PVM, explains that the host emulates guest kernel code.
 fn pvm_hint() -> &'static str {

@@ -251,7 +251,7 @@ pub enum Error {
 }
 
 /// Bytes taken by the floating pointer and the configuration table for `num_cpus` CPUs.
-pub const fn mptable_size(num_cpus: u8) -> usize {
+const fn mptable_size(num_cpus: u8) -> usize {
     size_of::<MpfIntel>()
         + size_of::<MpcTable>()
         + size_of::<MpcCpu>() * num_cpus as usize

@@ -13,13 +13,12 @@
 //!   is written and flushed to the host writer at once (by `vm_superio`). If that fails — stdout
 //!   is a closed pipe, say — the error is logged once, the byte is counted as lost and the guest
 //!   carries on.
-//! - **Output accounting.** [`SerialDevice::output_counter`] counts bytes delivered to the
-//!   writer, so the VMM can tell when the first byte of guest output arrived.
+//! - **Output accounting.** [`SerialDevice::bytes_written`] counts bytes delivered to the
+//!   writer, [`SerialDevice::lost_output_bytes`] those the writer refused.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use vm_superio::serial::{Error as SerialError, SerialEvents};
 use vm_superio::Serial;
@@ -39,7 +38,7 @@ const DATA_OFFSET: u8 = 0;
 #[derive(Debug, Default)]
 struct OutputEvents {
     /// Bytes written and flushed to the host writer.
-    delivered: Arc<AtomicU64>,
+    delivered: AtomicU64,
     /// Bytes the guest wrote that the host writer refused.
     lost: AtomicU64,
 }
@@ -141,12 +140,6 @@ impl SerialDevice {
     /// Bytes of input waiting on the host side for room in the UART's FIFO.
     pub fn pending_input(&self) -> usize {
         self.pending_input.len()
-    }
-
-    /// A counter of guest output bytes delivered (written and flushed) to the writer, shared with
-    /// the device: it goes from 0 to 1 when the first byte of guest output arrives.
-    pub fn output_counter(&self) -> Arc<AtomicU64> {
-        self.uart.events().delivered.clone()
     }
 
     /// Guest output bytes delivered to the writer so far.
@@ -282,7 +275,7 @@ impl crate::BusDevice for SerialDevice {
 mod tests {
     use super::*;
     use crate::BusDevice;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     const BASE: u64 = 0x3f8;
@@ -375,8 +368,7 @@ mod tests {
     fn guest_output_reaches_the_writer_in_order_and_flushed() {
         let writer = TestWriter::default();
         let (mut dev, _evt) = serial_with(Box::new(writer.clone()));
-        let counter = dev.output_counter();
-        assert_eq!(counter.load(Ordering::Relaxed), 0);
+        assert_eq!(dev.bytes_written(), 0);
 
         let mut expected = b"Linux version 6.1\r\nlogin: ".to_vec();
         expected.extend(0..=255u8);
@@ -384,7 +376,7 @@ mod tests {
             write_reg(&mut dev, 0, byte);
             // Flushed byte by byte, not only at a newline.
             assert_eq!(writer.flushed(), expected[..=i]);
-            assert_eq!(counter.load(Ordering::Relaxed), i as u64 + 1);
+            assert_eq!(dev.bytes_written(), i as u64 + 1);
         }
         assert_eq!(dev.bytes_written(), expected.len() as u64);
         assert_eq!(dev.lost_output_bytes(), 0);
