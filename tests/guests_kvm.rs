@@ -44,6 +44,24 @@ fn serial_output_arrives_byte_for_byte() {
     );
 }
 
+/// A guest linked with binutils' defaults has a segment of just its ELF headers at 0xff000:
+/// that is guest RAM the VMM does not use, so the guest boots (as on Firecracker, Cloud
+/// Hypervisor and QEMU).
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn default_linked_pvh_guest_with_a_segment_below_1_mib_boots() {
+    let kernel = guest("ld-default.elf").display().to_string();
+    let run = run_vmm(&["--kernel", &kernel, "--memory", "16"], b"", LIMIT);
+    assert!(!run.timed_out, "timed out: {run:?}");
+    assert_eq!(
+        run.stdout_str(),
+        "hello from a PVH guest linked the default way\n",
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+}
+
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn long_mode_entry_sees_zero_page() {

@@ -128,6 +128,58 @@ pub const I8042_PORT: u16 = 0x60;
 /// The POST/debug port, where a guest writes a byte to mark a boot milestone.
 pub const DEBUG_PORT: u16 = 0x80;
 
+/// One range `[start, end)` of guest memory that the VMM fills in at boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootRange {
+    /// What the VMM puts there, in words for an error message.
+    pub name: &'static str,
+    /// First address.
+    pub start: GuestAddress,
+    /// First address past the range.
+    pub end: GuestAddress,
+}
+
+/// Everything the VMM writes into guest memory before the first vCPU runs, apart from the
+/// kernel itself and the initrd (which goes above the kernel): a kernel segment must not
+/// overlap any of these. Everything else in RAM, below 1 MiB included, is the kernel's to use.
+pub const VMM_BOOT_RANGES: [BootRange; 7] = [
+    BootRange {
+        name: "boot GDT and IDT",
+        start: BOOT_GDT_START,
+        end: GuestAddress(BOOT_IDT_START.0 + 8),
+    },
+    BootRange {
+        name: "PVH start info, memory map and module list",
+        start: PVH_INFO_START,
+        end: ZERO_PAGE_START,
+    },
+    BootRange {
+        name: "Linux zero page",
+        start: ZERO_PAGE_START,
+        end: GuestAddress(ZERO_PAGE_START.0 + 0x1000),
+    },
+    BootRange {
+        name: "boot stack",
+        start: GuestAddress(ZERO_PAGE_START.0 + 0x1000),
+        end: PML4_START,
+    },
+    BootRange {
+        name: "identity-map page tables",
+        start: PML4_START,
+        end: GuestAddress(PDE_START.0 + PDE_COUNT * 0x1000),
+    },
+    BootRange {
+        name: "kernel command line",
+        start: CMDLINE_START,
+        end: GuestAddress(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64),
+    },
+    BootRange {
+        name: "MP table (EBDA)",
+        start: EBDA_START,
+        end: LOW_RAM_END,
+    },
+];
+
 // The layout must not overlap itself.
 const _: () = assert!(BOOT_GDT_START.0 + 5 * 8 <= BOOT_IDT_START.0);
 const _: () = assert!(BOOT_IDT_START.0 + 8 <= PVH_INFO_START.0);

@@ -22,7 +22,7 @@ use vm_memory::{
     GuestMemoryRegion,
 };
 
-use crate::layout::HIMEM_START;
+use crate::layout::{HIMEM_START, VMM_BOOT_RANGES};
 use crate::GuestMemoryMmap;
 
 /// ELF identification: `e_ident[EI_MAG0..=EI_MAG3]` (System V ABI, "ELF Identification").
@@ -386,8 +386,9 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
         )));
     }
 
-    // Check every loadable segment before copying anything: it must lie at or above 1 MiB
-    // (below is where the boot structures go) and inside the first RAM region.
+    // Check every loadable segment before copying anything: it must lie in guest RAM and
+    // clear of what the VMM writes itself (anywhere else, below 1 MiB too, is fine: binutils'
+    // default `-z separate-code` puts a segment of just the ELF headers at 0xff000).
     file.seek(SeekFrom::Start(ehdr.e_phoff))
         .map_err(Error::ReadKernel)?;
     let mut end = HIMEM_START.0;
@@ -400,30 +401,10 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
             continue;
         }
         loadable += 1;
-        if phdr.p_paddr < HIMEM_START.0 {
-            return Err(Error::BadElf(format!(
-                "a segment loads at {:#x}, below 1 MiB where the VMM keeps its boot structures",
-                phdr.p_paddr
-            )));
-        }
-        if phdr.p_filesz > phdr.p_memsz {
-            return Err(Error::BadElf(format!(
-                "the segment at {:#x} has more file bytes than memory bytes",
-                phdr.p_paddr
-            )));
-        }
-        let seg_end = phdr
-            .p_paddr
-            .checked_add(phdr.p_memsz)
-            .ok_or_else(|| Error::BadElf("a segment ends past the 64-bit address space".into()))?;
-        end = end.max(seg_end);
+        end = end.max(check_segment(mem, &phdr, room)?);
     }
     if loadable == 0 {
         return Err(Error::BadElf("it has no loadable segment".into()));
-    }
-    let size = end - HIMEM_START.0;
-    if size > room {
-        return Err(Error::KernelTooLarge { size, room });
     }
 
     let result =
@@ -443,6 +424,50 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
         kernel_end: GuestAddress(result.kernel_end.max(end)),
         setup_header: None,
     })
+}
+
+/// Checks one `PT_LOAD` segment of an ELF kernel against guest RAM and the ranges the VMM
+/// writes ([`VMM_BOOT_RANGES`]); returns the first address past it.
+fn check_segment(mem: &GuestMemoryMmap, phdr: &Elf64_Phdr, room: u64) -> Result<u64, Error> {
+    let start = phdr.p_paddr;
+    if phdr.p_filesz > phdr.p_memsz {
+        return Err(Error::BadElf(format!(
+            "the segment at {start:#x} has more file bytes than memory bytes"
+        )));
+    }
+    let end = start
+        .checked_add(phdr.p_memsz)
+        .ok_or_else(|| Error::BadElf("a segment ends past the 64-bit address space".into()))?;
+    let region = mem.find_region(GuestAddress(start)).ok_or_else(|| {
+        Error::BadElf(format!(
+            "the segment [{start:#x}, {end:#x}) is not in guest RAM (the 32-bit MMIO gap, or \
+             past the end of memory)"
+        ))
+    })?;
+    let region_end = region.start_addr().0.saturating_add(region.len());
+    if end > region_end {
+        return Err(if region.start_addr().0 == 0 {
+            Error::KernelTooLarge {
+                size: end.saturating_sub(HIMEM_START.0),
+                room,
+            }
+        } else {
+            Error::BadElf(format!(
+                "the segment [{start:#x}, {end:#x}) runs past the end of guest RAM at \
+                 {region_end:#x}; give the guest more memory (--memory)"
+            ))
+        });
+    }
+    if let Some(used) = VMM_BOOT_RANGES
+        .iter()
+        .find(|r| start < r.end.0 && r.start.0 < end)
+    {
+        return Err(Error::BadElf(format!(
+            "the segment [{start:#x}, {end:#x}) overlaps the VMM's {} at [{:#x}, {:#x})",
+            used.name, used.start.0, used.end.0
+        )));
+    }
+    Ok(end)
 }
 
 /// The highest address (exclusive) the initrd may reach: `initrd_addr_max + 1` from the
@@ -567,7 +592,7 @@ pub(crate) mod tests {
             p_type: PT_LOAD,
             p_flags: 5,
             p_offset: code_off as u64,
-            p_vaddr: 0xffff_ffff_8000_0000 + paddr,
+            p_vaddr: 0xffff_ffff_8000_0000u64.wrapping_add(paddr),
             p_paddr: paddr,
             p_filesz: code.len() as u64,
             p_memsz: memsz,
@@ -733,12 +758,75 @@ pub(crate) mod tests {
         image[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // e_entry
         let mut f = TempFile::new(&image);
         let err = load_kernel(&mem, f.file()).unwrap_err();
-        assert!(err.to_string().contains("segment loads at 0x8000"), "{err}");
+        assert!(
+            err.to_string().contains(
+                "the segment [0x8000, 0x8020) overlaps the VMM's boot stack at [0x8000, 0x9000)"
+            ),
+            "{err}"
+        );
         let mut f = TempFile::new(&fake_elf(&[0xf4; 32], 0x20_0000, 32 << 20, None));
         assert!(matches!(
             load_kernel(&mem, f.file()),
             Err(Error::KernelTooLarge { .. })
         ));
+    }
+
+    /// `fake_elf` with its one segment at `paddr` but the entry point at 2 MiB.
+    fn elf_with_segment_at(paddr: u64, memsz: u64) -> Vec<u8> {
+        let mut image = fake_elf(&[0xf4; 32], paddr, memsz, None);
+        image[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // e_entry
+        image
+    }
+
+    #[test]
+    fn elf_segments_below_1_mib_load_where_the_vmm_writes_nothing() {
+        let mem = guest_mem(16 * MIB);
+        // binutils' default `-z separate-code`: the ELF headers alone, at 0xff000.
+        let mut f = TempFile::new(&elf_with_segment_at(0xf_f000, 0x158));
+        let k = load_kernel(&mem, f.file()).unwrap();
+        let mut buf = [0u8; 32];
+        mem.read_slice(&mut buf, GuestAddress(0xf_f000)).unwrap();
+        assert_eq!(buf, [0xf4; 32]);
+        assert_eq!(
+            k.kernel_end, HIMEM_START,
+            "the initrd may still go right above 1 MiB"
+        );
+        // Conventional memory between the VMM's own pages is the kernel's too.
+        let mut f = TempFile::new(&elf_with_segment_at(0x1_0000, 0x1000));
+        load_kernel(&mem, f.file()).unwrap();
+    }
+
+    #[test]
+    fn elf_segments_over_the_vmms_boot_ranges_name_both_ranges() {
+        let mem = guest_mem(16 * MIB);
+        for (paddr, memsz, expected) in [
+            (0x7800, 0x100, "[0x7800, 0x7900) overlaps the VMM's Linux zero page at [0x7000, 0x8000)"),
+            (0x4000, 0x2001, "[0x4000, 0x6001) overlaps the VMM's PVH start info, memory map and module list at [0x6000, 0x7000)"),
+            (0x9_f000, 0x1000, "[0x9f000, 0xa0000) overlaps the VMM's MP table (EBDA) at [0x9fc00, 0xa0000)"),
+            (0x1_ff00, 0x200, "[0x1ff00, 0x20100) overlaps the VMM's kernel command line at [0x20000, 0x30000)"),
+            (0, 0x1000, "[0x0, 0x1000) overlaps the VMM's boot GDT and IDT at [0x500, 0x530)"),
+        ] {
+            let mut f = TempFile::new(&elf_with_segment_at(paddr, memsz));
+            let err = load_kernel(&mem, f.file()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        // Every range the VMM writes is listed, so none of them can be loaded over.
+        for range in VMM_BOOT_RANGES {
+            let mut f = TempFile::new(&elf_with_segment_at(range.start.0, 32));
+            let err = load_kernel(&mem, f.file()).unwrap_err().to_string();
+            assert!(err.contains(range.name), "{err}");
+        }
+    }
+
+    #[test]
+    fn elf_segments_outside_guest_ram_are_refused() {
+        let mem = guest_mem(16 * MIB);
+        let mut f = TempFile::new(&elf_with_segment_at(0xd000_0000, 0x1000));
+        let err = load_kernel(&mem, f.file()).unwrap_err().to_string();
+        assert!(
+            err.contains("[0xd0000000, 0xd0001000) is not in guest RAM"),
+            "{err}"
+        );
     }
 
     fn kernel(end: u64, setup_header: Option<setup_header>) -> LoadedKernel {
