@@ -6,6 +6,8 @@ with median, min and max per VMM and the median ratio vmm/QEMU. Scenarios (the t
 guest from tests/guests/):
 
   first-line   spawn → the guest's first serial line (test=hello; the guest then resets)
+  first-line-ld  the same for tests/guests/ld_default.s, a PVH guest linked with binutils'
+               defaults (a segment of just its ELF headers at 0xff000)
   cpu          user+sys CPU time of the whole hello run (wait4 rusage)
   peak-rss     peak RSS (VmHWM) of the VMM process once the guest's first line is out
                (test=halt: the guest then idles; wait4's ru_maxrss is not used because it
@@ -168,6 +170,13 @@ def hello_run(make, vmm, guest):
         "first-line": first * 1000.0,
         "cpu": (ru.ru_utime + ru.ru_stime) * 1000.0,
     }
+
+
+def ld_default_run(make, vmm, guest):
+    s = Spawned(make(vmm, guest, ""))
+    first = s.wait_for(b"\n")
+    s.drain_and_wait()
+    return {"first-line-ld": first * 1000.0}
 
 
 def vm_hwm_kib(pid):
@@ -356,6 +365,7 @@ def net_run(name, make, vmm, guest, netns, frames):
 
 ROWS = [
     ("first-line", "spawn → first serial line", "ms", False),
+    ("first-line-ld", "spawn → first serial line, guest linked with ld's defaults", "ms", False),
     ("cpu", "CPU time, user+sys (hello run)", "ms", False),
     ("peak-rss", "peak RSS of the VMM process at the first line", "MiB", False),
     ("overhead", f"RSS beyond guest RAM ({MEM_MIB} MiB guest, idle)", "MiB", False),
@@ -385,6 +395,10 @@ def main():
         out = os.path.join(ROOT, "target/test-guests")
         subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "tests/guests"), f"OUT={out}"], check=True)
         args.guest = os.path.join(out, "pvh.elf")
+    ld_guest = os.path.join(os.path.dirname(args.guest), "ld-default.elf")
+    if not os.path.exists(ld_guest):
+        print(f"first-line-ld row skipped: no {ld_guest}", file=sys.stderr)
+        ld_guest = None
     if not os.path.exists(args.vmm):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
@@ -402,6 +416,7 @@ def main():
             order.reverse()
         for name, make in order:
             for sample in (hello_run(make, args.vmm, args.guest),
+                           ld_default_run(make, args.vmm, ld_guest) if ld_guest else {},
                            idle_run(make, args.vmm, args.guest),
                            serial_run(make, args.vmm, args.guest, args.serial_bytes),
                            blk_run(name, make, args.vmm, args.guest, args.blk_mb, args.blk_ops),

@@ -275,39 +275,20 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         source,
     })?;
 
-    let vm = Arc::new(Vm::new(&config.kvm_path)?);
-    if usize::from(config.cpus) > vm.max_vcpus {
-        return Err(Error::TooManyCpus {
-            requested: config.cpus,
-            max: vm.max_vcpus,
-        });
-    }
-    timeline::mark("VM created");
-
     let mem_size = config.memory_mib << 20;
     let mem = memory::create_guest_memory(mem_size).map_err(|source| Error::Memory {
         mib: config.memory_mib,
         source: source.into(),
     })?;
     timeline::mark("memory mapped");
-    // Registering guest memory with KVM is the slowest step of start-up on some hosts (a
-    // fixed ~5 ms in KVM_SET_USER_MEMORY_REGION on PVM, whatever the size): it runs on its
-    // own thread while the kernel is loaded and the devices and vCPUs are set up, none of
-    // which needs it. The vCPUs start only once it is done.
-    let slots = {
-        let (vm, mem) = (vm.clone(), mem.clone());
-        std::thread::Builder::new()
-            .name("memslots".into())
-            .spawn(move || {
-                let result = vm.register_memory(&mem);
-                timeline::mark("memory registered with KVM");
-                result
-            })
-            .map_err(|source| Error::Io {
-                what: "a thread",
-                source,
-            })?
-    };
+    let vm = Vm::new(&config.kvm_path, &mem)?;
+    if usize::from(config.cpus) > vm.max_vcpus {
+        return Err(Error::TooManyCpus {
+            requested: config.cpus,
+            max: vm.max_vcpus,
+        });
+    }
+    timeline::mark("VM created, memory registered");
 
     let kernel =
         loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
@@ -370,10 +351,6 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         manager.add_subscriber(Arc::new(Mutex::new(handler)));
     }
 
-    slots.join().map_err(|_| Error::Io {
-        what: "guest memory",
-        source: io::Error::other("the memory registration thread panicked"),
-    })??;
     let _raw_mode = crate::terminal::RawModeGuard::new().map_err(|source| Error::Io {
         what: "the terminal (raw mode)",
         source,
