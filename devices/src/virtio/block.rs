@@ -30,7 +30,7 @@ use vm_memory::volatile_memory::{PtrGuard, PtrGuardMut};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, VolatileSlice};
 
 use super::{
-    feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, IOV_MAX, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
@@ -55,9 +55,6 @@ const CONFIG_LEN: usize = 24;
 const CONFIG_CAPACITY: usize = 0;
 const CONFIG_SEG_MAX: usize = 12;
 const CONFIG_BLK_SIZE: usize = 20;
-
-/// The largest number of buffers one `preadv`/`pwritev` takes (Linux `UIO_MAXIOV`).
-const IOV_MAX: usize = 1024;
 
 /// Errors from creating a [`Block`] device.
 #[derive(Debug, thiserror::Error)]

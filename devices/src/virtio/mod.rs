@@ -56,6 +56,11 @@ pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO
 /// Interrupt status bit 1, "configuration change notification" (virtio 1.2 §4.2.2).
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
+/// The most buffers one `readv`/`writev`/`preadv`/`pwritev` call takes (Linux `UIO_MAXIOV`,
+/// include/uapi/linux/uio.h); both the block device's disk I/O and a TAP's frames stay
+/// within it.
+pub(crate) const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+
 /// Copies `data.len()` bytes of a device's config space from `offset`; bytes past its end
 /// (or at an offset no `usize` can hold) read as 0, as a driver probing beyond it expects.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

@@ -44,7 +44,7 @@ use vm_memory::{
 pub use tap::{check_name, NetBackend, Tap, TapError, MAX_NAME_LEN, TUN_DEVICE};
 
 use super::{
-    feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, IOV_MAX, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -278,7 +278,7 @@ enum ChainError {
     NotInMemory(u64),
     #[error("a buffer is not in guest memory")]
     Access(#[source] GuestMemoryError),
-    #[error("more than {} pieces", tap::IOV_MAX)]
+    #[error("more than {IOV_MAX} pieces")]
     TooManyPieces,
 }
 
@@ -612,10 +612,9 @@ impl Active {
     /// frame (and delivers it), otherwise into the device's buffer (`pending`).
     fn read_frame<B: NetBackend>(&mut self, host: &mut Host<B>) -> io::Result<()> {
         let direct = match self.held.front() {
-            Some(chain) if chain.capacity >= MAX_BUFFER_LEN => chain
-                .slices(&self.mem)
-                .ok()
-                .filter(|s| s.len() <= tap::IOV_MAX),
+            Some(chain) if chain.capacity >= MAX_BUFFER_LEN => {
+                chain.slices(&self.mem).ok().filter(|s| s.len() <= IOV_MAX)
+            }
             _ => None,
         };
         let len = match &direct {
@@ -785,7 +784,7 @@ fn tx_slices<'m>(
         for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), desc.len() as usize) {
             slices.push(slice.map_err(ChainError::Access)?);
         }
-        if slices.len() > tap::IOV_MAX {
+        if slices.len() > IOV_MAX {
             return Err(ChainError::TooManyPieces);
         }
     }

@@ -15,6 +15,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use vm_memory::volatile_memory::{PtrGuard, PtrGuardMut};
 use vm_memory::VolatileSlice;
 
+use crate::virtio::IOV_MAX;
+
 /// The clone device every TUN/TAP interface is opened through.
 pub const TUN_DEVICE: &str = "/dev/net/tun";
 /// The longest interface name: `IFNAMSIZ` (16) less the terminating NUL.
@@ -22,8 +24,6 @@ pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 /// The virtio-net header the TAP puts before each frame and expects before each frame:
 /// `struct virtio_net_hdr_v1` (with `num_buffers`), 12 bytes (virtio 1.2 §5.1.6).
 pub const TAP_VNET_HDR_LEN: usize = 12;
-/// The most buffers one `readv`/`writev` takes (Linux `UIO_MAXIOV`).
-pub const IOV_MAX: usize = 1024;
 
 /// Where frames come from and go to: the host side of a virtio-net device.
 ///
