@@ -29,6 +29,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::volatile_memory::{PtrGuard, PtrGuardMut};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, VolatileSlice};
 
+use super::queue;
 use super::{
     feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, IOV_MAX, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -55,6 +56,8 @@ const CONFIG_LEN: usize = 24;
 const CONFIG_CAPACITY: usize = 0;
 const CONFIG_SEG_MAX: usize = 12;
 const CONFIG_BLK_SIZE: usize = 20;
+/// How the device names itself in log messages.
+const LOG_NAME: &str = "virtio-blk";
 
 /// Errors from creating a [`Block`] device.
 #[derive(Debug, thiserror::Error)]
@@ -367,62 +370,21 @@ impl VirtioDevice for Block {
         self.active.is_some()
     }
 
-    /// The standard loop (virtio 1.2 §2.7.7, §2.7.10): with notifications off, take chains until
-    /// the ring is empty, turn notifications back on and look again, so that a buffer the
-    /// driver added meanwhile is not left behind; then notify the guest once if it wants it.
+    /// The standard loop ([`queue::process_chains`]) over the request queue, then one used
+    /// buffer notification if the driver wants it.
     fn process_queue(&mut self, queue_index: usize) -> bool {
         let Self { disk, active, .. } = self;
         let Some(active) = active.as_mut().filter(|_| queue_index == 0) else {
             return false;
         };
         let mem = &active.mem;
-        let queue = &mut active.queue;
-        let mut added = false;
-        let mut empty_rounds = 0;
-        loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                debug!("virtio-blk: cannot disable notifications: {e}");
-            }
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                popped = true;
-                let head = chain.head_index();
-                let len = disk.execute_chain(mem, chain);
-                match queue.add_used(mem, head, len) {
-                    Ok(()) => added = true,
-                    Err(e) => debug!("virtio-blk: cannot return chain {head}: {e}"),
-                }
-            }
-            empty_rounds = if popped { 0 } else { empty_rounds + 1 };
-            match queue.enable_notification(mem) {
-                Ok(false) => break,
-                // More buffers arrived while notifications were off: go round again. Twice in a
-                // row with nothing taken means the available index is bogus (it claims more
-                // buffers than the queue holds): stop instead of spinning.
-                Ok(true) if empty_rounds < 2 => {}
-                Ok(true) => {
-                    debug!("virtio-blk: available ring index is inconsistent; ignoring it");
-                    break;
-                }
-                Err(e) => {
-                    debug!("virtio-blk: cannot enable notifications: {e}");
-                    break;
-                }
-            }
-        }
-        if !added {
-            return false;
-        }
-        let notify = queue.needs_notification(mem).unwrap_or_else(|e| {
-            debug!("virtio-blk: cannot read used_event, notifying anyway: {e}");
-            true
+        let added = queue::process_chains(&mut active.queue, mem, LOG_NAME, |chain| {
+            disk.execute_chain(mem, chain)
         });
-        if !notify {
+        if !added || !queue::needs_notification(&mut active.queue, mem, LOG_NAME) {
             return false;
         }
-        if let Err(e) = active.interrupt.signal_used_queue() {
-            warn!("virtio-blk: cannot signal the guest: {e}");
-        }
+        queue::signal_used_queue(active.interrupt.as_ref(), LOG_NAME);
         BlockCounters::add(&disk.counters.notifications, 1);
         true
     }

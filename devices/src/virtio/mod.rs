@@ -25,6 +25,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+mod queue;
 #[cfg(test)]
 mod test_utils;
 

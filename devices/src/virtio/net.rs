@@ -43,6 +43,7 @@ use vm_memory::{
 
 pub use tap::{check_name, NetBackend, Tap, TapError, MAX_NAME_LEN, TUN_DEVICE};
 
+use super::queue;
 use super::{
     feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, IOV_MAX, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -471,57 +472,31 @@ impl Active {
     /// it (§2.7.7, §2.7.10).
     fn notify(&mut self, counters: &NetCounters) -> bool {
         let mut notify = false;
-        for (queue, added) in [
+        for (ring, added) in [
             (&mut self.rx, &mut self.rx_added),
             (&mut self.tx, &mut self.tx_added),
         ] {
             if std::mem::take(added) {
-                notify |= queue.needs_notification(&self.mem).unwrap_or_else(|e| {
-                    debug!("virtio-net: cannot read used_event, notifying anyway: {e}");
-                    true
-                });
+                notify |= queue::needs_notification(ring, &self.mem, "virtio-net");
             }
         }
         if !notify {
             return false;
         }
-        if let Err(e) = self.interrupt.signal_used_queue() {
-            warn!("virtio-net: cannot signal the guest: {e}");
-        }
+        queue::signal_used_queue(self.interrupt.as_ref(), "virtio-net");
         NetCounters::add(&counters.notifications, 1);
         true
     }
 
-    /// The standard loop on the transmit queue (§2.7.7, §2.7.10, like virtio-blk's).
+    /// The standard loop ([`queue::process_chains`]) on the transmit queue: every chain goes
+    /// to the backend and back to the used ring with length 0 (§5.1.6.2: the device writes
+    /// nothing into a transmit buffer).
     fn process_tx<B: NetBackend>(&mut self, host: &mut Host<B>) {
-        let mut empty_rounds = 0;
-        loop {
-            if let Err(e) = self.tx.disable_notification(&self.mem) {
-                debug!("virtio-net: cannot disable transmit notifications: {e}");
-            }
-            let mut popped = false;
-            while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
-                popped = true;
-                let head = chain.head_index();
-                transmit(&self.mem, host, chain);
-                // §5.1.6.2: the device writes nothing into a transmit buffer.
-                self.add_used(TX_QUEUE, head, 0);
-            }
-            empty_rounds = if popped { 0 } else { empty_rounds + 1 };
-            match self.tx.enable_notification(&self.mem) {
-                Ok(false) => break,
-                // Twice in a row with nothing taken: the available index is bogus.
-                Ok(true) if empty_rounds < 2 => {}
-                Ok(true) => {
-                    debug!("virtio-net: transmit ring index is inconsistent; ignoring it");
-                    break;
-                }
-                Err(e) => {
-                    debug!("virtio-net: cannot enable transmit notifications: {e}");
-                    break;
-                }
-            }
-        }
+        let mem = &self.mem;
+        self.tx_added |= queue::process_chains(&mut self.tx, mem, "virtio-net transmit", |chain| {
+            transmit(mem, host, chain);
+            0
+        });
     }
 
     /// Takes the next usable receive chain into `held`; malformed chains go straight back with
