@@ -1,0 +1,464 @@
+//! The virtio-over-MMIO transport, version 2 ("modern") register layout (virtio 1.2 §4.2).
+//!
+//! [`MmioTransport`] is only the register file: it answers the driver's register accesses,
+//! negotiates features, collects each queue's size and ring addresses and, when the driver sets
+//! `DRIVER_OK`, builds the [`Queue`]s and hands them to the [`VirtioDevice`]. The device logic
+//! lives behind that trait.
+//!
+//! Wiring it into a VMM (the device occupies [`MMIO_REGION_SIZE`] bytes at `base`):
+//! - insert the transport on the MMIO bus at `base` and tell the guest about it, e.g. on the
+//!   kernel command line `virtio_mmio.device=4K@<base>:<gsi>`;
+//! - register [`EventFdInterrupt::irqfd`] with KVM as an irqfd for `<gsi>`;
+//! - for each queue `i` in `0..queue_count()`, register an ioeventfd on the 4-byte address
+//!   `base + QUEUE_NOTIFY_OFFSET` with datamatch `i` (the driver writes the queue index there,
+//!   §4.2.2) and, when it fires, lock [`MmioTransport::device`] and call
+//!   [`VirtioDevice::process_queue`]`(i)`. A trapped write to `QueueNotify` (no ioeventfd) does
+//!   the same from the vCPU thread.
+//! - for each descriptor in [`VirtioDevice::backend_fds`] (virtio-net's TAP), follow the
+//!   contract written there: poll it while [`VirtioDevice::backend_wanted`] says so, call
+//!   [`VirtioDevice::process_backend`] when it is readable, and look at `backend_wanted`
+//!   again after every event dispatched to the device.
+//!
+//! Everything the guest writes is untrusted: out-of-range selectors, accesses of the wrong size
+//! and writes in the wrong device state are ignored (logged at debug level), never a panic.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use log::{debug, warn};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use vm_memory::GuestMemoryMmap;
+
+use super::{
+    feature_bit, ActivateError, EventFdInterrupt, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
+use crate::BusDevice;
+use queue_config::{set_half, QueueConfig};
+
+mod queue_config;
+pub mod regs;
+#[cfg(test)]
+mod tests;
+
+/// `MagicValue`: "virt" (virtio 1.2 §4.2.2).
+pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
+/// `Version` of the modern (non-legacy) MMIO interface (virtio 1.2 §4.2.2).
+pub const MMIO_VERSION: u32 = 2;
+/// `VendorID`: "QEMU" in little-endian ASCII, the value QEMU's virtio-mmio devices report; Linux
+/// does not look at it.
+pub const VENDOR_ID: u32 = 0x554d_4551;
+/// Offset of the `QueueNotify` register, where the VMM registers its ioeventfds (§4.2.2).
+pub const QUEUE_NOTIFY_OFFSET: u64 = regs::QUEUE_NOTIFY;
+/// Size of the MMIO region to reserve for one device: one page, registers plus configuration
+/// space (the spec asks for at least 0x100 + the configuration space).
+pub const MMIO_REGION_SIZE: u64 = 0x1000;
+
+/// Device status bits the driver sets (virtio 1.2 §2.1); `DEVICE_NEEDS_RESET` is the device's.
+const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_FAILED;
+
+/// The virtio-mmio register file of one device (virtio 1.2 §4.2.2).
+pub struct MmioTransport {
+    mem: GuestMemoryMmap,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    interrupt: Arc<EventFdInterrupt>,
+    // Copied from the device at creation, so register reads never wait for the device lock
+    // (which the VMM's event loop holds while it does I/O).
+    device_type: u32,
+    device_features: u64,
+    queues: Vec<QueueConfig>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    /// Stays 0: no device here changes its configuration space after creation (§2.5.1).
+    config_generation: u32,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device_type)
+            .field(
+                "device_features",
+                &format_args!("{:#x}", self.device_features),
+            )
+            .field(
+                "driver_features",
+                &format_args!("{:#x}", self.driver_features),
+            )
+            .field("status", &format_args!("{:#x}", self.status))
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MmioTransport {
+    /// Creates the register file for `device`, which will see guest memory `mem` and signal the
+    /// guest through `interrupt` once the driver starts it.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<EventFdInterrupt>,
+    ) -> Self {
+        let (device_type, device_features, queues) = {
+            let dev = device.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                dev.device_type(),
+                dev.avail_features(),
+                dev.queue_max_sizes()
+                    .iter()
+                    .map(|&max| QueueConfig::new(max))
+                    .collect(),
+            )
+        };
+        Self {
+            mem,
+            device,
+            interrupt,
+            device_type,
+            device_features,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+        }
+    }
+
+    /// How many queues the device has; the VMM registers one ioeventfd for each.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The device, shared with the VMM's event loop (which calls
+    /// [`VirtioDevice::process_queue`] when a queue's ioeventfd fires).
+    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
+        &self.device
+    }
+
+    /// The interrupt whose eventfd the VMM registers as an irqfd.
+    pub fn interrupt(&self) -> &Arc<EventFdInterrupt> {
+        &self.interrupt
+    }
+
+    /// The device status register (virtio 1.2 §2.1).
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// The features the driver accepted (valid once `FEATURES_OK` is set).
+    pub fn acked_features(&self) -> u64 {
+        self.driver_features
+    }
+
+    fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+        // A device that panicked left its lock poisoned; its state is whatever it was, and
+        // that must not take the vCPU thread down too.
+        self.device.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn has_status(&self, bits: u32) -> bool {
+        self.status & bits == bits
+    }
+
+    /// The selected queue, if it exists and the driver may change it now: after `FEATURES_OK`
+    /// and before `DRIVER_OK` (§3.1.1 steps 7-8, §4.2.3.2).
+    fn configurable_queue(&mut self, register: &str) -> Option<&mut QueueConfig> {
+        if !self.has_status(VIRTIO_CONFIG_S_FEATURES_OK)
+            || self.has_status(VIRTIO_CONFIG_S_DRIVER_OK)
+        {
+            debug!(
+                "virtio-mmio: {register} write ignored in device status {:#x}",
+                self.status
+            );
+            return None;
+        }
+        let select = self.queue_select;
+        let queue = usize::try_from(select)
+            .ok()
+            .and_then(|i| self.queues.get_mut(i));
+        if queue.is_none() {
+            debug!("virtio-mmio: {register} write ignored for absent queue {select}");
+        }
+        queue
+    }
+
+    /// The selected queue, if it may change and is not ready (§4.2.2: the driver must not
+    /// change a queue's size or addresses while `QueueReady` is 1).
+    fn configurable_idle_queue(&mut self, register: &str) -> Option<&mut QueueConfig> {
+        match self.configurable_queue(register) {
+            Some(queue) if queue.ready => {
+                debug!("virtio-mmio: {register} write ignored: queue is ready");
+                None
+            }
+            other => other,
+        }
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        match offset {
+            regs::MAGIC_VALUE => MMIO_MAGIC_VALUE,
+            regs::VERSION => MMIO_VERSION,
+            regs::DEVICE_ID => self.device_type,
+            regs::VENDOR_ID => VENDOR_ID,
+            regs::DEVICE_FEATURES => match self.device_features_select {
+                0 => self.device_features as u32,
+                1 => (self.device_features >> 32) as u32,
+                _ => 0,
+            },
+            regs::QUEUE_NUM_MAX => usize::try_from(self.queue_select)
+                .ok()
+                .and_then(|i| self.queues.get(i))
+                .map_or(0, |q| u32::from(q.max_size)),
+            regs::QUEUE_READY => usize::try_from(self.queue_select)
+                .ok()
+                .and_then(|i| self.queues.get(i))
+                .map_or(0, |q| u32::from(q.ready)),
+            regs::INTERRUPT_STATUS => self.interrupt.status(),
+            regs::STATUS => self.status,
+            regs::CONFIG_GENERATION => self.config_generation,
+            _ => {
+                debug!("virtio-mmio: read of unknown or write-only register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            regs::DEVICE_FEATURES_SEL => self.device_features_select = value,
+            regs::DRIVER_FEATURES => {
+                // §3.1.1 step 5 / §2.2.1: features are written after DRIVER and before
+                // FEATURES_OK; later writes would change what the device already accepted.
+                if !self.has_status(VIRTIO_CONFIG_S_DRIVER)
+                    || self.has_status(VIRTIO_CONFIG_S_FEATURES_OK)
+                {
+                    debug!(
+                        "virtio-mmio: DriverFeatures write ignored in device status {:#x}",
+                        self.status
+                    );
+                    return;
+                }
+                match self.driver_features_select {
+                    0 => set_half(&mut self.driver_features, value, false),
+                    1 => set_half(&mut self.driver_features, value, true),
+                    select => debug!("virtio-mmio: DriverFeatures write to absent half {select}"),
+                }
+            }
+            regs::DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            regs::QUEUE_SEL => self.queue_select = value,
+            regs::QUEUE_NUM => {
+                if let Some(queue) = self.configurable_idle_queue("QueueNum") {
+                    queue.size = value;
+                }
+            }
+            regs::QUEUE_READY => {
+                if let Some(queue) = self.configurable_queue("QueueReady") {
+                    queue.ready = value == 1;
+                }
+            }
+            regs::QUEUE_NOTIFY => self.notify(value),
+            regs::INTERRUPT_ACK => self.interrupt.ack(value),
+            regs::STATUS => self.set_status(value),
+            regs::QUEUE_DESC_LOW | regs::QUEUE_DESC_HIGH => {
+                if let Some(queue) = self.configurable_idle_queue("QueueDesc") {
+                    set_half(
+                        &mut queue.desc_table,
+                        value,
+                        offset == regs::QUEUE_DESC_HIGH,
+                    );
+                }
+            }
+            regs::QUEUE_DRIVER_LOW | regs::QUEUE_DRIVER_HIGH => {
+                if let Some(queue) = self.configurable_idle_queue("QueueDriver") {
+                    set_half(
+                        &mut queue.avail_ring,
+                        value,
+                        offset == regs::QUEUE_DRIVER_HIGH,
+                    );
+                }
+            }
+            regs::QUEUE_DEVICE_LOW | regs::QUEUE_DEVICE_HIGH => {
+                if let Some(queue) = self.configurable_idle_queue("QueueDevice") {
+                    set_half(
+                        &mut queue.used_ring,
+                        value,
+                        offset == regs::QUEUE_DEVICE_HIGH,
+                    );
+                }
+            }
+            _ => debug!(
+                "virtio-mmio: write of {value:#x} to unknown or read-only register {offset:#x}"
+            ),
+        }
+    }
+
+    /// `QueueNotify` reached the transport (no ioeventfd caught it): process the queue here.
+    fn notify(&mut self, value: u32) {
+        let Some(index) = usize::try_from(value)
+            .ok()
+            .filter(|&i| i < self.queues.len())
+        else {
+            debug!("virtio-mmio: notify for absent queue {value}");
+            return;
+        };
+        if !self.has_status(VIRTIO_CONFIG_S_DRIVER_OK) {
+            debug!("virtio-mmio: notify for queue {index} before DRIVER_OK");
+            return;
+        }
+        self.lock_device().process_queue(index);
+    }
+
+    /// The driver accepts only features the device offers, and the modern interface needs
+    /// `VIRTIO_F_VERSION_1` (virtio 1.2 §2.2.1, §4.2.3.1: "the device MUST NOT accept" others).
+    fn driver_features_acceptable(&self) -> bool {
+        let unoffered = self.driver_features & !self.device_features;
+        if unoffered != 0 {
+            debug!("virtio-mmio: driver accepted features {unoffered:#x} the device did not offer");
+            return false;
+        }
+        if self.driver_features & feature_bit(VIRTIO_F_VERSION_1) == 0 {
+            debug!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
+            return false;
+        }
+        true
+    }
+
+    /// A write to `Status` (virtio 1.2 §2.1, §3.1.1, §4.2.3.1).
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & !DRIVER_STATUS_BITS != 0 {
+            debug!("virtio-mmio: ignoring device-owned status bits in {value:#x}");
+        }
+        let mut new = value & DRIVER_STATUS_BITS;
+        let old = self.status & DRIVER_STATUS_BITS;
+        // §2.1.2: the driver never clears a status bit; only a write of 0 (reset) does.
+        if old & !new != 0 {
+            debug!("virtio-mmio: status write {value:#x} would clear bits of {old:#x}; ignored");
+            return;
+        }
+        // §3.1.1: ACKNOWLEDGE, then DRIVER, then FEATURES_OK, then DRIVER_OK.
+        let has = |bit: u32| new & bit != 0;
+        let in_order = (!has(VIRTIO_CONFIG_S_DRIVER) || has(VIRTIO_CONFIG_S_ACKNOWLEDGE))
+            && (!has(VIRTIO_CONFIG_S_FEATURES_OK) || has(VIRTIO_CONFIG_S_DRIVER))
+            && (!has(VIRTIO_CONFIG_S_DRIVER_OK) || has(VIRTIO_CONFIG_S_FEATURES_OK));
+        if !in_order {
+            debug!("virtio-mmio: status write {value:#x} skips an initialization step; ignored");
+            return;
+        }
+        let setting = |new: u32, bit: u32| new & bit != 0 && old & bit == 0;
+        if setting(new, VIRTIO_CONFIG_S_FEATURES_OK) && !self.driver_features_acceptable() {
+            // §3.1.1 step 6: the driver re-reads Status and sees FEATURES_OK clear.
+            new &= !(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+        }
+        let activate = setting(new, VIRTIO_CONFIG_S_DRIVER_OK);
+        self.status = (self.status & !DRIVER_STATUS_BITS) | new;
+        if activate {
+            if let Err(e) = self.activate() {
+                warn!(
+                    "virtio-mmio: cannot start device type {}: {e}",
+                    self.device_type
+                );
+                // §2.1.2: a device that needs a reset sets DEVICE_NEEDS_RESET and sends a
+                // configuration change notification (InterruptStatus bit 1, §4.2.2).
+                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+                if let Err(e) = self.interrupt.signal_config_change() {
+                    warn!("virtio-mmio: cannot signal the guest: {e}");
+                }
+            }
+        }
+    }
+
+    fn activate(&mut self) -> Result<(), ActivateError> {
+        let event_idx = self.driver_features & feature_bit(VIRTIO_RING_F_EVENT_IDX) != 0;
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, config)| config.build(index, &self.mem, event_idx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        let (mem, features) = (self.mem.clone(), self.driver_features);
+        self.lock_device()
+            .activate(mem, queues, features, interrupt)
+    }
+
+    /// Device reset (virtio 1.2 §2.4): the device drops its queues, every register goes back
+    /// to its initial value and pending interrupts are cleared.
+    fn reset(&mut self) {
+        self.lock_device().reset();
+        for queue in &mut self.queues {
+            *queue = QueueConfig::new(queue.max_size);
+        }
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt.clear();
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        if offset >= regs::CONFIG {
+            // §4.2.2: the configuration space allows byte, word and dword accesses (and Linux
+            // reads a u64 as two dwords); any size the bus hands us is passed on.
+            if matches!(data.len(), 1 | 2 | 4 | 8) {
+                self.lock_device().read_config(offset - regs::CONFIG, data);
+            } else {
+                debug!(
+                    "virtio-mmio: {}-byte config read at {offset:#x}",
+                    data.len()
+                );
+                data.fill(0);
+            }
+            return;
+        }
+        // §4.2.2: registers are accessed as aligned 32-bit words only.
+        match <&mut [u8; 4]>::try_from(&mut *data) {
+            Ok(word) if offset % 4 == 0 => *word = self.read_register(offset).to_le_bytes(),
+            _ => {
+                debug!(
+                    "virtio-mmio: {}-byte register read at {offset:#x} ignored",
+                    data.len()
+                );
+                data.fill(0);
+            }
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        if offset >= regs::CONFIG {
+            if matches!(data.len(), 1 | 2 | 4 | 8) {
+                self.lock_device().write_config(offset - regs::CONFIG, data);
+            } else {
+                debug!(
+                    "virtio-mmio: {}-byte config write at {offset:#x}",
+                    data.len()
+                );
+            }
+            return;
+        }
+        match <[u8; 4]>::try_from(data) {
+            Ok(word) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(word)),
+            _ => debug!(
+                "virtio-mmio: {}-byte register write at {offset:#x} ignored",
+                data.len()
+            ),
+        }
+    }
+}
