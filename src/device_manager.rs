@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use boot::layout;
-use devices::virtio::mmio::MmioTransport;
+use devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use devices::virtio::{EventFdInterrupt, VirtioDevice};
 use devices::Bus;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -16,8 +16,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// The QueueNotify register's offset in a virtio-mmio slot (virtio 1.2 §4.2.2).
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 /// The first GSI for virtio devices: past the legacy ISA interrupts the VMM uses (timer 0,
 /// keyboard 1, cascade 2, COM2 3, COM1 4).
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
@@ -230,5 +228,8 @@ mod tests {
         let last = MmioSlot::for_index(MAX_VIRTIO_DEVICES - 1).unwrap();
         assert_eq!(last.irq, u32::from(layout::IOAPIC_NUM_PINS) - 1);
         assert!(MmioSlot::for_index(MAX_VIRTIO_DEVICES).is_none());
+        // A slot holds the transport's registers and a configuration space after them
+        // (virtio 1.2 §4.2.2).
+        const { assert!(layout::VIRTIO_MMIO_SIZE_EACH >= devices::virtio::mmio::regs::CONFIG + 0x100) };
     }
 }

@@ -254,8 +254,9 @@ impl EventFdInterrupt {
         }
     }
 
-    /// The eventfd to register with KVM as the device's irqfd.
-    pub fn irqfd(&self) -> &EventFd {
+    /// The eventfd the VMM registered with KVM as the device's irqfd.
+    #[cfg(test)]
+    pub(crate) fn irqfd(&self) -> &EventFd {
         &self.irqfd
     }
 

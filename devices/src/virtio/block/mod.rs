@@ -244,17 +244,20 @@ impl Block {
     }
 
     /// The disk size in 512-byte sectors (`capacity` in the configuration space).
-    pub fn capacity(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> u64 {
         self.disk.capacity
     }
 
     /// Whether writes are refused (`VIRTIO_BLK_F_RO`).
-    pub fn read_only(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn read_only(&self) -> bool {
         self.disk.read_only
     }
 
     /// The 20-byte ID that `GET_ID` returns, NUL-padded.
-    pub fn id(&self) -> &[u8; ID_BYTES] {
+    #[cfg(test)]
+    pub(crate) fn id(&self) -> &[u8; ID_BYTES] {
         &self.disk.id
     }
 

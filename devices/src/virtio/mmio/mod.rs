@@ -5,10 +5,13 @@
 //! `DRIVER_OK`, builds the [`Queue`]s and hands them to the [`VirtioDevice`]. The device logic
 //! lives behind that trait.
 //!
-//! Wiring it into a VMM (the device occupies [`MMIO_REGION_SIZE`] bytes at `base`):
+//! Wiring it into a VMM, at a slot `base` of the guest's MMIO space that holds the registers
+//! and, from [`regs::CONFIG`] (0x100) on, the device's configuration space (how big a slot is
+//! belongs to the VMM's memory layout):
 //! - insert the transport on the MMIO bus at `base` and tell the guest about it, e.g. on the
 //!   kernel command line `virtio_mmio.device=4K@<base>:<gsi>`;
-//! - register [`EventFdInterrupt::irqfd`] with KVM as an irqfd for `<gsi>`;
+//! - register an eventfd with KVM as an irqfd for `<gsi>` and give it to the transport in an
+//!   [`EventFdInterrupt`];
 //! - for each queue `i` in `0..queue_count()`, register an ioeventfd on the 4-byte address
 //!   `base + QUEUE_NOTIFY_OFFSET` with datamatch `i` (the driver writes the queue index there,
 //!   §4.2.2) and, when it fires, lock [`MmioTransport::device`] and call
@@ -52,9 +55,6 @@ pub const MMIO_VERSION: u32 = 2;
 pub const VENDOR_ID: u32 = 0x554d_4551;
 /// Offset of the `QueueNotify` register, where the VMM registers its ioeventfds (§4.2.2).
 pub const QUEUE_NOTIFY_OFFSET: u64 = regs::QUEUE_NOTIFY;
-/// Size of the MMIO region to reserve for one device: one page, registers plus configuration
-/// space (the spec asks for at least 0x100 + the configuration space).
-pub const MMIO_REGION_SIZE: u64 = 0x1000;
 
 /// Device status bits the driver sets (virtio 1.2 §2.1); `DEVICE_NEEDS_RESET` is the device's.
 const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
@@ -140,24 +140,21 @@ impl MmioTransport {
         self.queues.len()
     }
 
-    /// The device, shared with the VMM's event loop (which calls
-    /// [`VirtioDevice::process_queue`] when a queue's ioeventfd fires).
-    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
+    /// The device, shared with the VMM's event loop.
+    #[cfg(test)]
+    pub(crate) fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
         &self.device
     }
 
-    /// The interrupt whose eventfd the VMM registers as an irqfd.
-    pub fn interrupt(&self) -> &Arc<EventFdInterrupt> {
+    /// The interrupt the device signals the guest through.
+    #[cfg(test)]
+    pub(crate) fn interrupt(&self) -> &Arc<EventFdInterrupt> {
         &self.interrupt
     }
 
-    /// The device status register (virtio 1.2 §2.1).
-    pub fn status(&self) -> u32 {
-        self.status
-    }
-
     /// The features the driver accepted (valid once `FEATURES_OK` is set).
-    pub fn acked_features(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn acked_features(&self) -> u64 {
         self.driver_features
     }
 

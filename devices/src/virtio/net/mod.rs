@@ -279,13 +279,14 @@ impl<B: NetBackend> Net<B> {
     }
 
     /// The MAC address the guest sees.
-    pub fn mac(&self) -> [u8; 6] {
+    #[cfg(test)]
+    pub(crate) fn mac(&self) -> [u8; 6] {
         self.mac
     }
 
     /// The backend.
     #[cfg(test)]
-    fn backend(&self) -> &B {
+    pub(crate) fn backend(&self) -> &B {
         &self.host.backend
     }
 
