@@ -333,7 +333,7 @@ impl VirtioDevice for Block {
         self.active.is_some()
     }
 
-    /// The standard loop ([`queue::process_chains`]) over the request queue, then one used
+    /// The standard loop (`queue::process_chains`) over the request queue, then one used
     /// buffer notification if the driver wants it.
     fn process_queue(&mut self, queue_index: usize) -> bool {
         let Self { disk, active, .. } = self;

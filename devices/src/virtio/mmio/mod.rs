@@ -2,8 +2,8 @@
 //!
 //! [`MmioTransport`] is only the register file: it answers the driver's register accesses,
 //! negotiates features, collects each queue's size and ring addresses and, when the driver sets
-//! `DRIVER_OK`, builds the [`Queue`]s and hands them to the [`VirtioDevice`]. The device logic
-//! lives behind that trait.
+//! `DRIVER_OK`, builds the [`Queue`](super::Queue)s and hands them to the [`VirtioDevice`]. The
+//! device logic lives behind that trait.
 //!
 //! Wiring it into a VMM, at a slot `base` of the guest's MMIO space that holds the registers
 //! and, from [`regs::CONFIG`] (0x100) on, the device's configuration space (how big a slot is
@@ -12,19 +12,18 @@
 //!   kernel command line `virtio_mmio.device=4K@<base>:<gsi>`;
 //! - register an eventfd with KVM as an irqfd for `<gsi>` and give it to the transport in an
 //!   [`EventFdInterrupt`];
-//! - for each queue `i` in `0..queue_count()`, register an ioeventfd on the 4-byte address
-//!   `base + QUEUE_NOTIFY_OFFSET` with datamatch `i` (the driver writes the queue index there,
-//!   §4.2.2) and, when it fires, lock [`MmioTransport::device`] and call
-//!   [`VirtioDevice::process_queue`]`(i)`. A trapped write to `QueueNotify` (no ioeventfd) does
-//!   the same from the vCPU thread.
-//! - for each descriptor in [`VirtioDevice::backend_fds`] (virtio-net's TAP), follow the
-//!   contract written there: poll it while [`VirtioDevice::backend_wanted`] says so, call
-//!   [`VirtioDevice::process_backend`] when it is readable, and look at `backend_wanted`
-//!   again after every event dispatched to the device.
+//! - register each of [`MmioTransport::queue_evts`] (eventfd `i` for queue `i`) with KVM as an
+//!   ioeventfd on the 4-byte address `base + QUEUE_NOTIFY_OFFSET` with datamatch `i` (the
+//!   driver writes the queue index there, §4.2.2). A `QueueNotify` write that reaches the
+//!   transport anyway (no ioeventfd matched it) signals the same eventfd;
+//! - add [`MmioTransport::queue_handler`] to the event loop: it processes the queues when
+//!   their eventfds fire and polls the device's backend descriptors as
+//!   [`VirtioDevice::backend_wanted`] says. No queue is processed anywhere else.
 //!
 //! Everything the guest writes is untrusted: out-of-range selectors, accesses of the wrong size
 //! and writes in the wrong device state are ignored (logged at debug level), never a panic.
 
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{debug, warn};
@@ -33,9 +32,10 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    feature_bit, ActivateError, EventFdInterrupt, VirtioDevice, VirtioInterrupt,
+    feature_bit, ActivateError, EventFdInterrupt, QueueHandler, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::BusDevice;
@@ -63,11 +63,29 @@ const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
     | VIRTIO_CONFIG_S_DRIVER_OK
     | VIRTIO_CONFIG_S_FAILED;
 
+/// Why a transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    /// A queue's notification eventfd could not be created or duplicated.
+    #[error("cannot set up the notification eventfd of virtio queue {queue}")]
+    QueueEventFd {
+        /// Index of the queue.
+        queue: usize,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// The virtio-mmio register file of one device (virtio 1.2 §4.2.2).
 pub struct MmioTransport {
     mem: GuestMemoryMmap,
     device: Arc<Mutex<dyn VirtioDevice>>,
     interrupt: Arc<EventFdInterrupt>,
+    /// One per queue, in queue order: a notification of queue `i` signals `queue_evts[i]`,
+    /// whether KVM caught the `QueueNotify` write (an ioeventfd on this eventfd) or the write
+    /// reached the transport.
+    queue_evts: Vec<EventFd>,
     // Copied from the device at creation, so register reads never wait for the device lock
     // (which the VMM's event loop holds while it does I/O).
     device_type: u32,
@@ -102,13 +120,14 @@ impl std::fmt::Debug for MmioTransport {
 
 impl MmioTransport {
     /// Creates the register file for `device`, which will see guest memory `mem` and signal the
-    /// guest through `interrupt` once the driver starts it.
+    /// guest through `interrupt` once the driver starts it, and one notification eventfd for
+    /// each of the device's queues.
     pub fn new(
         mem: GuestMemoryMmap,
         device: Arc<Mutex<dyn VirtioDevice>>,
         interrupt: Arc<EventFdInterrupt>,
-    ) -> Self {
-        let (device_type, device_features, queues) = {
+    ) -> Result<Self, MmioError> {
+        let (device_type, device_features, queues): (_, _, Vec<_>) = {
             let dev = device.lock().unwrap_or_else(PoisonError::into_inner);
             (
                 dev.device_type(),
@@ -119,10 +138,17 @@ impl MmioTransport {
                     .collect(),
             )
         };
-        Self {
+        let queue_evts = (0..queues.len())
+            .map(|queue| {
+                EventFd::new(EFD_NONBLOCK)
+                    .map_err(|source| MmioError::QueueEventFd { queue, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
             mem,
             device,
             interrupt,
+            queue_evts,
             device_type,
             device_features,
             queues,
@@ -132,12 +158,31 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             config_generation: 0,
-        }
+        })
     }
 
-    /// How many queues the device has; the VMM registers one ioeventfd for each.
-    pub fn queue_count(&self) -> usize {
-        self.queues.len()
+    /// The notification eventfd of each queue, in queue order. The VMM registers eventfd `i`
+    /// with KVM as an ioeventfd on the 4-byte `QueueNotify` register ([`QUEUE_NOTIFY_OFFSET`])
+    /// with datamatch `i`; a `QueueNotify` write that reaches the transport instead signals
+    /// the same eventfd.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// The event-loop subscriber that runs the device: it watches (duplicates of) this
+    /// transport's queue eventfds and the device's backend descriptors. All of the device's
+    /// queue processing happens there.
+    pub fn queue_handler(&self) -> Result<QueueHandler, MmioError> {
+        let queue_evts = self
+            .queue_evts
+            .iter()
+            .enumerate()
+            .map(|(queue, evt)| {
+                evt.try_clone()
+                    .map_err(|source| MmioError::QueueEventFd { queue, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(QueueHandler::new(self.device.clone(), queue_evts))
     }
 
     /// The device, shared with the VMM's event loop.
@@ -300,20 +345,24 @@ impl MmioTransport {
         }
     }
 
-    /// `QueueNotify` reached the transport (no ioeventfd caught it): process the queue here.
+    /// `QueueNotify` reached the transport (no ioeventfd caught it): signal the queue's
+    /// eventfd, as KVM does for an ioeventfd, so that the queue is processed on the event loop
+    /// like every other notification. The transport never processes a queue itself.
     fn notify(&mut self, value: u32) {
-        let Some(index) = usize::try_from(value)
+        let Some(evt) = usize::try_from(value)
             .ok()
-            .filter(|&i| i < self.queues.len())
+            .and_then(|i| self.queue_evts.get(i))
         else {
             debug!("virtio-mmio: notify for absent queue {value}");
             return;
         };
         if !self.has_status(VIRTIO_CONFIG_S_DRIVER_OK) {
-            debug!("virtio-mmio: notify for queue {index} before DRIVER_OK");
+            debug!("virtio-mmio: notify for queue {value} before DRIVER_OK");
             return;
         }
-        self.lock_device().process_queue(index);
+        if let Err(e) = evt.write(1) {
+            warn!("virtio-mmio: cannot signal the notification eventfd of queue {value}: {e}");
+        }
     }
 
     /// The driver accepts only features the device offers, and the modern interface needs

@@ -3,6 +3,7 @@
 
 use std::io;
 
+use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 use virtio_bindings::virtio_mmio as spec;
 use virtio_queue::{Queue, QueueT};
@@ -11,8 +12,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
+use crate::virtio::test_utils::mmio::{read32, setup_queue, write32, write_features};
 use crate::virtio::test_utils::{r, w, GuestQueue};
-use crate::virtio::{Block, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use crate::virtio::{Block, QueueHandler, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 
 const ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
 const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
@@ -24,6 +26,8 @@ const MEM_SIZE: usize = 0x10_0000;
 /// The size of the VMM's virtio-mmio slots (boot's `layout::VIRTIO_MMIO_SIZE_EACH`): the end
 /// of the configuration space the guest can reach.
 const SLOT_SIZE: u64 = 0x1000;
+/// How long a test waits for an event it expects (the wait ends when the event comes).
+const EVENT_TIMEOUT_MS: i32 = 5000;
 const FAKE_FEATURES: u64 = (1 << 32) | (1 << 29) | (1 << 3) | (1 << 40);
 
 /// A queue as the device got it: size, ready, descriptor table, available ring, used ring,
@@ -121,7 +125,7 @@ impl Fixture {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let device = Arc::new(Mutex::new(FakeDevice::default()));
         let irq = Arc::new(EventFdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        let transport = MmioTransport::new(mem, device.clone(), irq);
+        let transport = MmioTransport::new(mem, device.clone(), irq).unwrap();
         Self { device, transport }
     }
 
@@ -131,6 +135,15 @@ impl Fixture {
 
     fn write(&mut self, offset: u64, value: u32) {
         write32(&mut self.transport, offset, value);
+    }
+
+    /// The notifications of queue `index` the transport signalled since the last call.
+    fn notified(&self, index: usize) -> u64 {
+        match self.transport.queue_evts()[index].read() {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("cannot read queue {index}'s eventfd: {e}"),
+        }
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, FakeDevice> {
@@ -150,44 +163,6 @@ impl Fixture {
     fn setup_queue(&mut self, index: u32, size: u32, base: u64) {
         setup_queue(&mut self.transport, index, size, base);
     }
-}
-
-fn read32(t: &mut MmioTransport, offset: u64) -> u32 {
-    let mut data = [0xffu8; 4];
-    t.read(0xd000_0000, offset, &mut data);
-    u32::from_le_bytes(data)
-}
-
-fn write32(t: &mut MmioTransport, offset: u64, value: u32) {
-    t.write(0xd000_0000, offset, &value.to_le_bytes());
-}
-
-fn write_features(t: &mut MmioTransport, features: u64) {
-    write32(t, regs::DRIVER_FEATURES_SEL, 1);
-    write32(t, regs::DRIVER_FEATURES, (features >> 32) as u32);
-    write32(t, regs::DRIVER_FEATURES_SEL, 0);
-    write32(t, regs::DRIVER_FEATURES, features as u32);
-}
-
-/// Queue `index` of `size` entries with the layout of [`GuestQueue::new`] at `base`.
-fn setup_queue(t: &mut MmioTransport, index: u32, size: u32, base: u64) {
-    let desc = base;
-    let avail = base + 16 * u64::from(size);
-    let used = avail + 0x1000;
-    write32(t, regs::QUEUE_SEL, index);
-    assert_eq!(read32(t, regs::QUEUE_READY), 0);
-    assert!(read32(t, regs::QUEUE_NUM_MAX) >= size);
-    write32(t, regs::QUEUE_NUM, size);
-    for (low, addr) in [
-        (regs::QUEUE_DESC_LOW, desc),
-        (regs::QUEUE_DRIVER_LOW, avail),
-        (regs::QUEUE_DEVICE_LOW, used),
-    ] {
-        write32(t, low, addr as u32);
-        write32(t, low + 4, (addr >> 32) as u32);
-    }
-    write32(t, regs::QUEUE_READY, 1);
-    assert_eq!(read32(t, regs::QUEUE_READY), 1);
 }
 
 fn used_ring(base: u64, size: u32) -> u64 {
@@ -243,7 +218,7 @@ fn identification_registers() {
     assert_eq!(f.read(regs::CONFIG_GENERATION), 0);
     assert_eq!(f.read(regs::STATUS), 0);
     assert_eq!(f.read(regs::INTERRUPT_STATUS), 0);
-    assert_eq!(f.transport.queue_count(), 2);
+    assert_eq!(f.transport.queue_evts().len(), 2);
     // Read-only registers ignore writes.
     f.write(regs::MAGIC_VALUE, 0);
     f.write(regs::DEVICE_ID, 1);
@@ -598,6 +573,7 @@ fn writing_zero_to_status_resets_everything() {
     // Notifications no longer reach the device.
     f.write(regs::QUEUE_NOTIFY, 0);
     assert!(f.calls().calls.processed.is_empty());
+    assert_eq!(f.notified(0), 0);
 
     // The driver starts over; queues default to their maximum size again.
     f.negotiate(1 << 32);
@@ -634,20 +610,25 @@ fn interrupt_status_and_ack() {
 }
 
 #[test]
-fn queue_notify_processes_the_queue_once_started() {
+fn trapped_queue_notify_signals_the_queue_eventfd_once_started() {
     let mut f = Fixture::new();
     f.write(regs::QUEUE_NOTIFY, 0);
     f.negotiate(1 << 32);
     f.setup_queue(0, 16, 0x1_0000);
     f.setup_queue(1, 8, 0x2_0000);
     f.write(regs::QUEUE_NOTIFY, 1);
-    assert!(f.calls().calls.processed.is_empty(), "before DRIVER_OK");
+    assert_eq!([f.notified(0), f.notified(1)], [0, 0], "before DRIVER_OK");
     f.write(regs::STATUS, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
     f.write(regs::QUEUE_NOTIFY, 1);
     f.write(regs::QUEUE_NOTIFY, 0);
+    f.write(regs::QUEUE_NOTIFY, 1);
+    // Absent queues: ignored.
     f.write(regs::QUEUE_NOTIFY, 2);
+    f.write(regs::QUEUE_NOTIFY, 0x1_0000);
     f.write(regs::QUEUE_NOTIFY, u32::MAX);
-    assert_eq!(f.calls().calls.processed, [1, 0]);
+    assert_eq!([f.notified(0), f.notified(1)], [1, 2]);
+    // The queues run on the event loop (the QueueHandler reading these eventfds), never here.
+    assert!(f.calls().calls.processed.is_empty());
 }
 
 #[test]
@@ -693,10 +674,10 @@ fn block_device_end_to_end() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
     let irq = Arc::new(EventFdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    let mut t = MmioTransport::new(mem.clone(), device.clone(), irq.clone());
+    let mut t = MmioTransport::new(mem.clone(), device.clone(), irq.clone()).unwrap();
 
     assert_eq!(read32(&mut t, regs::DEVICE_ID), 2);
-    assert_eq!(t.queue_count(), 1);
+    assert_eq!(t.queue_evts().len(), 1);
     let mut capacity = [0u8; 8];
     t.read(0, regs::CONFIG, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), 64);
@@ -721,7 +702,12 @@ fn block_device_end_to_end() {
     );
     assert!(device.lock().unwrap().is_activated());
 
-    // A read of sectors 2..4, through a trapped QueueNotify write.
+    // The VMM's event loop, running the device's queue.
+    let mut event_loop = EventManager::<Arc<Mutex<QueueHandler>>>::new().unwrap();
+    event_loop.add_subscriber(Arc::new(Mutex::new(t.queue_handler().unwrap())));
+
+    // A read of sectors 2..4, through a trapped QueueNotify write: the transport signals the
+    // queue's eventfd and the event loop runs the queue.
     let mut q = GuestQueue::new(&mem, GuestAddress(0x1_0000), 256);
     let (hdr, data, status) = (0x4_0000, 0x5_0000, 0x6_0000);
     let mut header = [0u8; 16];
@@ -731,6 +717,8 @@ fn block_device_end_to_end() {
     q.set_used_event(0);
     let head = q.add_chain(&[r(hdr, 16), w(data, 1024), w(status, 1)]);
     write32(&mut t, regs::QUEUE_NOTIFY, 0);
+    assert_eq!(q.take_used(), [], "not on the vCPU thread");
+    assert_eq!(event_loop.run_with_timeout(EVENT_TIMEOUT_MS).unwrap(), 1);
     assert_eq!(q.take_used(), [(u32::from(head), 1025)]);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(status)).unwrap(),
@@ -755,8 +743,8 @@ fn block_device_end_to_end() {
     write32(&mut t, regs::INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
     assert_eq!(read32(&mut t, regs::INTERRUPT_STATUS), 0);
 
-    // The VMM's event loop path: process_queue on the shared device. With EVENT_IDX the
-    // driver asks for the next interrupt by moving used_event.
+    // process_queue on the shared device, as the event loop calls it, to see what it returns:
+    // with EVENT_IDX the driver asks for the next interrupt by moving used_event.
     q.add_chain(&[r(hdr, 16), w(data, 512), w(status, 1)]);
     assert!(
         !t.device().lock().unwrap().process_queue(0),

@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of a [`Net`] device's work, shared with whoever holds [`Net::counters`].
+/// Counters of a [`Net`](super::Net) device's work, shared with whoever holds
+/// [`Net::counters`](super::Net::counters).
 #[derive(Debug, Default)]
 pub struct NetCounters {
     pub(super) rx_frames: AtomicU64,
@@ -38,7 +39,7 @@ pub struct NetStats {
     /// Bytes of the frames sent to the backend.
     pub tx_bytes: u64,
     /// Transmit chains dropped because they were malformed: shorter than a header and an
-    /// Ethernet header, longer than [`MAX_BUFFER_LEN`], a device-writable descriptor, outside
+    /// Ethernet header, longer than [`MAX_BUFFER_LEN`](super::MAX_BUFFER_LEN), a device-writable descriptor, outside
     /// guest memory, broken.
     pub tx_dropped: u64,
     /// Frames the backend refused.

@@ -5,6 +5,7 @@
 //! `len` *bytes* of the available ring, so the two overlap once more than `len / 2` buffers
 //! have been offered.
 
+pub mod mmio;
 pub mod net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
