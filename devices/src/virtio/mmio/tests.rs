@@ -5,6 +5,10 @@ use std::io;
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
 use virtio_bindings::virtio_mmio as spec;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -14,7 +18,10 @@ use vmm_sys_util::tempfile::TempFile;
 use super::*;
 use crate::virtio::test_utils::mmio::{read32, setup_queue, write32, write_features};
 use crate::virtio::test_utils::{r, w, GuestQueue};
-use crate::virtio::{Block, QueueHandler, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use crate::virtio::{
+    ActivateError, Block, QueueHandler, VirtioInterrupt, VIRTIO_MMIO_INT_CONFIG,
+    VIRTIO_MMIO_INT_VRING,
+};
 
 const ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
 const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
