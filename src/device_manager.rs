@@ -2,22 +2,23 @@
 //! each, an ioeventfd per queue on QueueNotify (a notification costs no exit to userspace),
 //! an irqfd per device, and the `virtio_mmio.device=SIZE@ADDR:IRQ` entries for the kernel
 //! command line (Linux drivers/virtio/virtio_mmio.c, VIRTIO_MMIO_CMDLINE_DEVICES).
+//!
+//! This is only the KVM wiring: the transport owns each queue's notification eventfd (KVM
+//! signals it through the ioeventfd, the transport itself for a trapped write), and the
+//! devices crate's [`QueueHandler`] runs the device on the event loop.
 
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use boot::layout;
-use devices::virtio::mmio::MmioTransport;
+use devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use devices::virtio::{EventFdInterrupt, VirtioDevice};
 use devices::Bus;
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// The QueueNotify register's offset in a virtio-mmio slot (virtio 1.2 §4.2.2).
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+pub use devices::virtio::QueueHandler;
+
 /// The first GSI for virtio devices: past the legacy ISA interrupts the VMM uses (timer 0,
 /// keyboard 1, cascade 2, COM2 3, COM1 4).
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
@@ -33,6 +34,8 @@ pub enum Error {
     TooManyDevices,
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("cannot set up the virtio-mmio transport")]
+    Transport(#[source] MmioError),
     #[error("cannot register the interrupt (irqfd for GSI {gsi}) with KVM")]
     Irqfd {
         gsi: u32,
@@ -83,86 +86,6 @@ impl MmioSlot {
     }
 }
 
-/// Event tokens from here up name a device's backend descriptors (a TAP); below it, queues.
-const BACKEND_TOKEN_BASE: u32 = 0x1_0000;
-
-/// Runs a device on the event loop: its queues when their ioeventfds fire, and its backend
-/// descriptors (a TAP's) when they are readable — but only while the device wants input
-/// (`VirtioDevice::backend_wanted`), so a full guest does not make the loop spin.
-pub struct QueueHandler {
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    queue_evts: Vec<EventFd>,
-    backend_fds: Vec<RawFd>,
-    /// Whether each backend descriptor is in the epoll set now.
-    backend_polled: Vec<bool>,
-}
-
-impl QueueHandler {
-    fn new(device: Arc<Mutex<dyn VirtioDevice>>, queue_evts: Vec<EventFd>) -> Self {
-        let backend_fds = device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .backend_fds();
-        let backend_polled = vec![false; backend_fds.len()];
-        QueueHandler {
-            device,
-            queue_evts,
-            backend_fds,
-            backend_polled,
-        }
-    }
-
-    /// Adds or removes each backend descriptor from epoll as the device now wants.
-    fn update_backend_interest(&mut self, ops: &mut EventOps) {
-        let device = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        for (index, &fd) in self.backend_fds.iter().enumerate() {
-            let wanted = device.backend_wanted(index);
-            if wanted == self.backend_polled[index] {
-                continue;
-            }
-            let events = Events::with_data_raw(fd, BACKEND_TOKEN_BASE + index as u32, EventSet::IN);
-            let result = if wanted {
-                ops.add(events)
-            } else {
-                ops.remove(events)
-            };
-            match result {
-                Ok(()) => self.backend_polled[index] = wanted,
-                Err(e) => log::error!("cannot change polling of device backend {index}: {e:?}"),
-            }
-        }
-    }
-}
-
-impl MutEventSubscriber for QueueHandler {
-    fn init(&mut self, ops: &mut EventOps) {
-        for (index, evt) in self.queue_evts.iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(evt, index as u32, EventSet::IN)) {
-                log::error!("cannot watch virtio queue {index}: {e:?}");
-            }
-        }
-        self.update_backend_interest(ops);
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let token = events.data();
-        if token >= BACKEND_TOKEN_BASE {
-            let index = (token - BACKEND_TOKEN_BASE) as usize;
-            self.device
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .process_backend(index);
-        } else if let Some(evt) = self.queue_evts.get(token as usize) {
-            let _ = evt.read();
-            self.device
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .process_queue(token as usize);
-        }
-        self.update_backend_interest(ops);
-    }
-}
-
 /// Places virtio devices in MMIO slots, in order.
 #[derive(Default)]
 pub struct DeviceManager {
@@ -187,27 +110,25 @@ impl DeviceManager {
                 source,
             })?;
         let interrupt = Arc::new(EventFdInterrupt::new(irqfd));
-        let transport = MmioTransport::new(mem.clone(), device.clone(), interrupt);
-        let queues = transport.queue_count();
+        let transport =
+            MmioTransport::new(mem.clone(), device, interrupt).map_err(Error::Transport)?;
         let notify = slot.addr + QUEUE_NOTIFY_OFFSET;
-        let mut queue_evts = Vec::with_capacity(queues);
-        for queue in 0..queues {
-            let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-            vm.register_ioevent(&evt, &IoEventAddress::Mmio(notify), queue as u32)
+        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(notify), queue as u32)
                 .map_err(|source| Error::Ioeventfd {
                     queue,
                     addr: notify,
                     source,
                 })?;
-            queue_evts.push(evt);
         }
+        let handler = transport.queue_handler().map_err(Error::Transport)?;
         mmio.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.size)
             .map_err(|source| Error::Bus {
                 addr: slot.addr,
                 source,
             })?;
         self.slots.push(slot);
-        Ok(QueueHandler::new(device, queue_evts))
+        Ok(handler)
     }
 
     /// The command-line entries for every attached device, in order.
@@ -218,6 +139,8 @@ impl DeviceManager {
 
 #[cfg(test)]
 mod tests {
+    use devices::virtio::mmio::regs;
+
     use super::*;
 
     #[test]
@@ -230,5 +153,8 @@ mod tests {
         let last = MmioSlot::for_index(MAX_VIRTIO_DEVICES - 1).unwrap();
         assert_eq!(last.irq, u32::from(layout::IOAPIC_NUM_PINS) - 1);
         assert!(MmioSlot::for_index(MAX_VIRTIO_DEVICES).is_none());
+        // A slot holds the transport's registers and a configuration space after them
+        // (virtio 1.2 §4.2.2).
+        const { assert!(layout::VIRTIO_MMIO_SIZE_EACH >= regs::CONFIG + 0x100) };
     }
 }

@@ -9,7 +9,8 @@
 //! - [`i8042`]: the one bit of the PS/2 controller a guest needs to reboot (`reboot=k`).
 //! - [`debug_port`]: port 0x80, where a guest writes a byte to mark a boot milestone.
 //! - [`virtio`]: the virtio-mmio transport, the virtio-blk device and the virtio-net device
-//!   on a TAP interface (virtio 1.2 §4.2, §5.2, §5.1).
+//!   on a TAP interface (virtio 1.2 §4.2, §5.2, §5.1), and the event-loop subscriber that runs
+//!   their queues ([`virtio::QueueHandler`], on `event-manager`).
 
 pub mod bus;
 pub mod debug_port;

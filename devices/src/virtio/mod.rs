@@ -8,23 +8,42 @@
 //! - [`block::Block`]: the block device (virtio 1.2 §5.2) on a host file.
 //! - [`net::Net`]: the network device (virtio 1.2 §5.1) on a [`net::NetBackend`], normally a
 //!   [`net::Tap`].
+//! - [`QueueHandler`]: runs a device's queues and backend on the VMM's event loop.
 //!
 //! Interrupts leave a device through the small [`VirtioInterrupt`] trait. The VMM gives the
 //! transport an [`EventFdInterrupt`] and registers its eventfd with KVM as an irqfd; tests read the
 //! eventfd. Nothing here depends on `kvm-ioctls`.
 //!
-//! Queue notifications arrive the other way: the VMM registers an ioeventfd on the transport's
-//! `QueueNotify` register for each queue and, when queue `i`'s eventfd fires, calls
-//! [`VirtioDevice::process_queue`]`(i)` on the device it shares with the transport.
+//! Queue notifications arrive the other way, always through an eventfd: the transport owns one
+//! per queue ([`MmioTransport::queue_evts`]). The VMM registers eventfd `i` with KVM as an
+//! ioeventfd on the `QueueNotify` register with datamatch `i`, so a notification costs no exit
+//! to userspace; a `QueueNotify` write that no ioeventfd catches reaches the transport, which
+//! signals the same eventfd. Either way the device's queues are processed in one place: the
+//! [`QueueHandler`] ([`handler`]) on the VMM's event loop, which calls
+//! [`VirtioDevice::process_queue`]`(i)` when eventfd `i` fires.
 //!
 //! A device with host-side input (the TAP of [`net::Net`]) also lists file descriptors in
-//! [`VirtioDevice::backend_fds`]; the VMM polls them and calls
+//! [`VirtioDevice::backend_fds`]; the same handler polls them and calls
 //! [`VirtioDevice::process_backend`] when one is readable, for as long as
 //! [`VirtioDevice::backend_wanted`] says so (see there for the exact contract).
+//!
+//! Who calls what, on which thread:
+//! - the VMM's setup, once: `device_type`, `avail_features` and `queue_max_sizes` (when the
+//!   transport is made), `backend_fds` (when its [`QueueHandler`] is made);
+//! - vCPU threads, through the transport ([`crate::BusDevice`] reads and writes):
+//!   `read_config`/`write_config`, `activate` (on `DRIVER_OK`) and `reset` (a `Status` write
+//!   of 0); a trapped `QueueNotify` only signals the queue's eventfd;
+//! - the event-loop thread, through the [`QueueHandler`] only: `process_queue`,
+//!   `process_backend` and `backend_wanted`.
+//!
+//! Each of them locks the device (`Arc<Mutex<dyn VirtioDevice>>`), so its methods never run at
+//! the same time.
 
 pub mod block;
+pub mod handler;
 pub mod mmio;
 pub mod net;
+mod queue;
 #[cfg(test)]
 mod test_utils;
 
@@ -36,6 +55,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use block::Block;
+pub use handler::QueueHandler;
 pub use mmio::MmioTransport;
 pub use net::{Net, NetBackend, Tap};
 pub use virtio_queue::Queue;
@@ -55,6 +75,11 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = virtio_bindings::virtio_ring::VIRTIO_RI
 pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// Interrupt status bit 1, "configuration change notification" (virtio 1.2 §4.2.2).
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+
+/// The most buffers one `readv`/`writev`/`preadv`/`pwritev` call takes (Linux `UIO_MAXIOV`,
+/// include/uapi/linux/uio.h); both the block device's disk I/O and a TAP's frames stay
+/// within it.
+pub(crate) const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
 
 /// Copies `data.len()` bytes of a device's config space from `offset`; bytes past its end
 /// (or at an offset no `usize` can hold) read as 0, as a driver probing beyond it expects.
@@ -160,10 +185,14 @@ pub trait VirtioDevice: Send {
     /// Whether [`activate`](Self::activate) succeeded and no [`reset`](Self::reset) followed.
     fn is_activated(&self) -> bool;
 
-    /// Processes every available buffer of queue `queue_index`: the driver notified the queue
-    /// (the VMM's event loop calls this when that queue's ioeventfd fires; the transport calls it
-    /// on a trapped `QueueNotify` write). Returns whether the guest was sent a used buffer
-    /// notification. Does nothing and returns `false` for an unknown queue or an inactive device.
+    /// Processes every available buffer of queue `queue_index`: the driver notified the queue.
+    ///
+    /// Called only by the [`QueueHandler`], on the VMM's event-loop thread, when the queue's
+    /// notification eventfd fired, whether KVM signalled it (an ioeventfd on `QueueNotify`) or
+    /// the transport did (a trapped `QueueNotify` write); the transport never calls it. Several
+    /// notifications may come as one call. Returns whether the guest was sent a used buffer
+    /// notification. Does nothing and returns `false` for an unknown queue or an inactive
+    /// device (KVM signals an ioeventfd whatever the device status).
     fn process_queue(&mut self, queue_index: usize) -> bool;
 
     /// Host file descriptors the device takes input from (virtio-net: its TAP), for the VMM to
@@ -172,14 +201,15 @@ pub trait VirtioDevice: Send {
     /// [`backend_wanted`](Self::backend_wanted). The device owns the descriptors (the VMM must
     /// neither read nor close them) and keeps them non-blocking. Default: none.
     ///
-    /// The contract with the VMM's event loop (epoll, level-triggered):
+    /// The contract with the VMM's event loop (epoll, level-triggered), which the
+    /// [`QueueHandler`] implements:
     /// - watch each descriptor for `EPOLLIN` while `backend_wanted(index)` is `true`, and call
     ///   `process_backend(index)` when it is readable (also on `EPOLLERR`/`EPOLLHUP`);
-    /// - after *every* event it dispatches to this device (a queue's ioeventfd and
+    /// - after *every* event it dispatches to this device (a queue's notification eventfd and
     ///   `process_queue`, or a backend descriptor and `process_backend`), ask
     ///   `backend_wanted(index)` again for each descriptor, and remove the descriptor from epoll
     ///   while it is `false` / add it back once it is `true`;
-    /// - call these methods from one thread, with the device locked like `process_queue`.
+    /// - call these methods from the event-loop thread, with the device locked.
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
@@ -206,14 +236,14 @@ pub trait VirtioDevice: Send {
     ///
     /// It turns `false` only inside `process_backend`, `process_queue` and
     /// [`reset`](Self::reset), and `true` only inside `process_queue` (the driver notified the
-    /// queue that it added buffers) and [`activate`](Self::activate). Both `activate` and
-    /// `reset` run on the vCPU thread (a `Status` write), outside the event loop: after a reset
-    /// the next backend event finds the device inactive, does nothing, and the re-check takes
-    /// the descriptor out; after an activation the driver notifies the receive queue once it
-    /// has filled it (Linux does), and the re-check after that event puts it in. A
-    /// `QueueNotify` write that the transport handles itself (no ioeventfd caught it) also runs
-    /// `process_queue` on the vCPU thread, and the VMM would see that change only at its next
-    /// event for the device: give every queue an ioeventfd. Default: `true`.
+    /// queue that it added buffers) and [`activate`](Self::activate). `process_backend` and
+    /// `process_queue` run on the event loop, which asks again after each of them. `activate`
+    /// and `reset` run on a vCPU thread (a `Status` write), outside the event loop: after a
+    /// reset the next backend event finds the device inactive, does nothing, and the re-check
+    /// takes the descriptor out; after an activation the driver notifies the receive queue once
+    /// it has filled it (Linux does), and the re-check after that notification puts it in.
+    /// Every notification, trapped or not, is such an event-loop event (see
+    /// [`process_queue`](Self::process_queue)). Default: `true`.
     fn backend_wanted(&self, index: usize) -> bool {
         let _ = index;
         true
@@ -248,8 +278,9 @@ impl EventFdInterrupt {
         }
     }
 
-    /// The eventfd to register with KVM as the device's irqfd.
-    pub fn irqfd(&self) -> &EventFd {
+    /// The eventfd the VMM registered with KVM as the device's irqfd.
+    #[cfg(test)]
+    pub(crate) fn irqfd(&self) -> &EventFd {
         &self.irqfd
     }
 

@@ -5,6 +5,9 @@
 //! `len` *bytes* of the available ring, so the two overlap once more than `len / 2` buffers
 //! have been offered.
 
+pub mod mmio;
+pub mod net;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
