@@ -17,13 +17,11 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use devices::virtio::QueueHandler;
+use devices::virtio::QueueHandler;
 
-/// The first GSI for virtio devices: past the legacy ISA interrupts the VMM uses (timer 0,
-/// keyboard 1, cascade 2, COM2 3, COM1 4).
-pub const FIRST_VIRTIO_IRQ: u32 = 5;
-/// How many virtio devices fit: one IOAPIC pin each from FIRST_VIRTIO_IRQ up.
-pub const MAX_VIRTIO_DEVICES: usize = layout::IOAPIC_NUM_PINS as usize - FIRST_VIRTIO_IRQ as usize;
+/// How many virtio devices fit: one IOAPIC pin each from `layout::FIRST_VIRTIO_IRQ` up.
+pub const MAX_VIRTIO_DEVICES: usize =
+    layout::IOAPIC_NUM_PINS as usize - layout::FIRST_VIRTIO_IRQ as usize;
 
 /// Errors while attaching a virtio device.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +69,7 @@ impl MmioSlot {
         (index < MAX_VIRTIO_DEVICES).then(|| MmioSlot {
             addr: layout::VIRTIO_MMIO_START.0 + index as u64 * layout::VIRTIO_MMIO_SIZE_EACH,
             size: layout::VIRTIO_MMIO_SIZE_EACH,
-            irq: FIRST_VIRTIO_IRQ + index as u32,
+            irq: layout::FIRST_VIRTIO_IRQ + index as u32,
         })
     }
 

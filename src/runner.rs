@@ -381,7 +381,7 @@ struct Devices {
     /// Written by the i8042 when the guest pulses the reset line.
     reset_evt: EventFd,
     /// One per virtio device: runs its queues on the event loop.
-    queue_handlers: Vec<crate::device_manager::QueueHandler>,
+    queue_handlers: Vec<devices::virtio::QueueHandler>,
     /// `virtio_mmio.device=` entries for the kernel command line.
     virtio_cmdline: Vec<String>,
 }

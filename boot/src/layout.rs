@@ -115,6 +115,10 @@ pub const IOAPIC_NUM_PINS: u8 = 24;
 /// Legacy IRQ of the first serial port (COM1, I/O port [`COM1_PORT`]).
 pub const SERIAL_IRQ: u32 = 4;
 
+/// The first GSI of the virtio-mmio devices (one each, in order): past the legacy ISA
+/// interrupts (timer 0, keyboard 1, cascade 2, COM2 3, COM1 [`SERIAL_IRQ`]).
+pub const FIRST_VIRTIO_IRQ: u32 = 5;
+
 // Port I/O: the PC's fixed ISA port assignments for the devices the VMM emulates. How many
 // ports each device decodes from its base is the device model's own fact (`devices` crate).
 
