@@ -6,6 +6,7 @@ with median, min and max per VMM and the median ratio vmm/QEMU. Scenarios (the t
 guest from tests/guests/):
 
   first-line   spawn → the guest's first serial line (test=hello; the guest then resets)
+  floor        spawn → the first line of `--version`: process start-up alone, the same harness
   first-line-ld  the same for tests/guests/ld_default.s, a PVH guest linked with binutils'
                defaults (a segment of just its ELF headers at 0xff000)
   cpu          user+sys CPU time of the whole hello run (wait4 rusage)
@@ -23,7 +24,7 @@ guest from tests/guests/):
                the guest (test=netbench) sends NET_FRAMES frames of 1514 bytes, then receives
                as many from the harness's AF_PACKET socket; timed by the guest's marks
 
-Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--guest PATH]
+Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--guest PATH] [--only GROUPS]
 """
 
 import argparse
@@ -170,6 +171,13 @@ def hello_run(make, vmm, guest):
         "first-line": first * 1000.0,
         "cpu": (ru.ru_utime + ru.ru_stime) * 1000.0,
     }
+
+
+def floor_run(name, vmm):
+    s = Spawned([vmm if name == "vmm" else QEMU[0], "--version"])
+    first = s.wait_for(b"\n")
+    s.drain_and_wait()
+    return {"floor": first * 1000.0}
 
 
 def ld_default_run(make, vmm, guest):
@@ -366,6 +374,7 @@ def net_run(name, make, vmm, guest, netns, frames):
 ROWS = [
     ("first-line", "spawn → first serial line", "ms", False),
     ("first-line-ld", "spawn → first serial line, guest linked with ld's defaults", "ms", False),
+    ("floor", "floor: spawn → first line of `--version` (no VM)", "ms", False),
     ("cpu", "CPU time, user+sys (hello run)", "ms", False),
     ("peak-rss", "peak RSS of the VMM process at the first line", "MiB", False),
     ("overhead", f"RSS beyond guest RAM ({MEM_MIB} MiB guest, idle)", "MiB", False),
@@ -389,6 +398,8 @@ def main():
     ap.add_argument("--net-frames", type=int, default=20000)
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/release/vmm"))
     ap.add_argument("--guest", default=None)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated groups to run: hello,ld,floor,idle,serial,blk,net")
     args = ap.parse_args()
 
     if args.guest is None:
@@ -402,8 +413,11 @@ def main():
     if not os.path.exists(args.vmm):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
+    only = set(args.only.split(",")) if args.only else None
     netns = None
-    if os.geteuid() == 0:
+    if only is not None and "net" not in only:
+        pass
+    elif os.geteuid() == 0:
         netns = Netns()
     else:
         print("net rows skipped: creating a network namespace with a TAP needs root", file=sys.stderr)
@@ -415,14 +429,21 @@ def main():
         if i % 2:
             order.reverse()
         for name, make in order:
-            for sample in (hello_run(make, args.vmm, args.guest),
-                           ld_default_run(make, args.vmm, ld_guest) if ld_guest else {},
-                           idle_run(make, args.vmm, args.guest),
-                           serial_run(make, args.vmm, args.guest, args.serial_bytes),
-                           blk_run(name, make, args.vmm, args.guest, args.blk_mb, args.blk_ops),
-                           net_run(name, make, args.vmm, args.guest, netns, args.net_frames)
-                           if netns else {}):
-                for key, value in sample.items():
+            groups = [
+                ("hello", lambda: hello_run(make, args.vmm, args.guest)),
+                ("ld", lambda: ld_default_run(make, args.vmm, ld_guest) if ld_guest else {}),
+                ("floor", lambda: floor_run(name, args.vmm)),
+                ("idle", lambda: idle_run(make, args.vmm, args.guest)),
+                ("serial", lambda: serial_run(make, args.vmm, args.guest, args.serial_bytes)),
+                ("blk", lambda: blk_run(name, make, args.vmm, args.guest, args.blk_mb,
+                                        args.blk_ops)),
+                ("net", lambda: net_run(name, make, args.vmm, args.guest, netns,
+                                        args.net_frames) if netns else {}),
+            ]
+            for group, run in groups:
+                if only is not None and group not in only:
+                    continue
+                for key, value in run().items():
                     results[name].setdefault(key, []).append(value)
         print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
     if netns:

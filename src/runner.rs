@@ -288,7 +288,6 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
             max: vm.max_vcpus,
         });
     }
-    timeline::mark("VM created, memory registered");
 
     let kernel =
         loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {

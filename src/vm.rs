@@ -146,11 +146,14 @@ impl Vm {
                 what: "KVM_GET_SUPPORTED_CPUID",
                 source,
             })?;
+        crate::timeline::mark("KVM opened, API and capabilities checked");
         let fd = kvm.create_vm().map_err(Error::CreateVm)?;
+        crate::timeline::mark("VM created (KVM_CREATE_VM)");
         // Guest memory goes in before the in-kernel irqchip: KVM_SET_USER_MEMORY_REGION takes
         // about 0.1 ms on a VM without one, and 6-10 ms once KVM_CREATE_IRQCHIP has run
         // (measured on these hosts; Cloud Hypervisor registers memory first too).
         register_memory(&kvm, &fd, mem)?;
+        crate::timeline::mark("guest memory registered");
         fd.set_tss_address(layout::KVM_TSS_START.0 as usize)
             .map_err(|source| Error::Setup {
                 what: "KVM_SET_TSS_ADDR",
@@ -169,6 +172,7 @@ impl Vm {
             what: "KVM_CREATE_PIT2",
             source,
         })?;
+        crate::timeline::mark("irqchip and PIT created");
         Ok(Vm {
             kvm,
             fd,
