@@ -396,7 +396,7 @@ def main():
     ap.add_argument("--blk-mb", type=int, default=16)
     ap.add_argument("--blk-ops", type=int, default=2000)
     ap.add_argument("--net-frames", type=int, default=20000)
-    ap.add_argument("--vmm", default=os.path.join(ROOT, "target/release/vmm"))
+    ap.add_argument("--vmm", default=os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/vmm"))
     ap.add_argument("--guest", default=None)
     ap.add_argument("--only", default=None,
                     help="comma-separated groups to run: hello,ld,floor,idle,serial,blk,net")

@@ -7,8 +7,9 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 kernel_dir=$(bash "$here/build-kernel.sh")
 initramfs=$(bash "$here/build-initramfs.sh")
-cargo build --release --quiet --manifest-path "$here/../Cargo.toml"
-exec "$here/../target/release/vmm" \
+# From the repository root, so that cargo reads .cargo/config.toml (the static build).
+(cd "$here/.." && cargo build --release --quiet)
+exec "$here/../target/x86_64-unknown-linux-gnu/release/vmm" \
     --kernel "$kernel_dir/${VMM_KERNEL:-bzImage}" \
     --initrd "$initramfs" \
     --cmdline "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1" \

@@ -5,9 +5,10 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
+use boot::loader::EntryPoint;
 use boot::{layout, loader, memory, mptable, paging, params};
 use devices::debug_port::DebugPort;
 use devices::i8042::I8042Device;
@@ -281,14 +282,17 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         source: source.into(),
     })?;
     timeline::mark("memory mapped");
-    let vm = Vm::new(&config.kvm_path, &mem)?;
-    if usize::from(config.cpus) > vm.max_vcpus {
-        return Err(Error::TooManyCpus {
-            requested: config.cpus,
-            max: vm.max_vcpus,
-        });
-    }
-
+    let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
+        what: "the VM exit event",
+        source,
+    })?);
+    // check_config made sure the count fits the MP table's u8.
+    let cpus = config.cpus as u8;
+    // Starting a thread takes a few hundred microseconds here: the vCPU threads start first,
+    // and each sets up its vCPU as soon as the VM exists (the kernel is loaded before it, so
+    // its entry point is known by then), while this thread builds the devices and the boot
+    // structures.
+    let vcpus = spawn_vcpus(&mem, &exit, cpus)?;
     let kernel =
         loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
             path: config.kernel.clone(),
@@ -305,10 +309,18 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
     };
     timeline::mark("kernel and initrd loaded");
 
-    let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
-        what: "the VM exit event",
-        source,
-    })?);
+    let vm = Vm::new(&config.kvm_path, &mem)?;
+    if usize::from(config.cpus) > vm.max_vcpus {
+        return Err(Error::TooManyCpus {
+            requested: config.cpus,
+            max: vm.max_vcpus,
+        });
+    }
+    let vm = Arc::new(vm);
+    for thread in &vcpus.0 {
+        // A thread that is gone says why when it is waited for.
+        let _ = thread.setup.send((vm.clone(), kernel.entry));
+    }
     let Devices {
         io,
         serial,
@@ -322,21 +334,11 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
 
     params::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), mem_size)
         .map_err(|e| Error::BootStructures(e.into()))?;
-    // check_config made sure the count fits the MP table's u8.
-    let cpus = config.cpus as u8;
     mptable::setup_mptable(&mem, cpus).map_err(|e| Error::BootStructures(e.into()))?;
     boot::gdt::write_gdt_and_idt(&mem).map_err(|e| Error::BootStructures(e.into()))?;
     paging::setup_identity_paging(&mem).map_err(|e| Error::BootStructures(e.into()))?;
 
-    let mut vcpus = Vec::with_capacity(usize::from(cpus));
-    for index in 0..cpus {
-        let vcpu = Vcpu::new(&vm.fd, index)?;
-        let cpuid = cpuid::normalize(&vm.supported_cpuid, index, cpus);
-        let entry = (index == 0).then_some(kernel.entry);
-        vcpu.configure(&cpuid, entry)?;
-        vcpus.push(vcpu);
-    }
-    timeline::mark("vCPUs configured");
+    timeline::mark("devices and boot structures ready");
 
     let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(Error::EventLoop)?;
@@ -350,11 +352,11 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         manager.add_subscriber(Arc::new(Mutex::new(handler)));
     }
 
+    let threads = start_vcpus(vcpus, &io)?;
     let _raw_mode = crate::terminal::RawModeGuard::new().map_err(|source| Error::Io {
         what: "the terminal (raw mode)",
         source,
     })?;
-    let threads = start_vcpus(vcpus, &io, &mem, &exit)?;
 
     while !exit.stopping() {
         manager.run().map_err(Error::EventLoop)?;
@@ -476,37 +478,108 @@ fn create_devices(
     })
 }
 
-fn start_vcpus(
-    vcpus: Vec<Vcpu>,
-    io: &Arc<IoBuses>,
-    mem: &GuestMemoryMmap,
-    exit: &Arc<VmExit>,
-) -> Result<Vec<JoinHandle<()>>, Error> {
-    let mut threads = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        let (io, mem, vm_exit) = (io.clone(), mem.clone(), exit.clone());
-        let index = vcpu.index;
+/// A vCPU thread, started before the VM exists. Sent the VM and the kernel's entry point, it
+/// creates and configures its vCPU and says how that went; sent the buses, it runs the vCPU.
+/// It ends without running if either sender goes away first.
+struct VcpuThread {
+    index: u8,
+    handle: JoinHandle<()>,
+    setup: mpsc::Sender<(Arc<Vm>, EntryPoint)>,
+    configured: mpsc::Receiver<Result<(), vcpu::Error>>,
+    go: mpsc::Sender<Arc<IoBuses>>,
+}
+
+/// The vCPU threads not yet let run; dropped (on an error path), they end and are joined.
+struct VcpuThreads(Vec<VcpuThread>);
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        for thread in self.0.drain(..) {
+            drop(thread.setup);
+            drop(thread.go);
+            if thread.handle.join().is_err() {
+                log::error!("vCPU thread {} panicked", thread.index);
+            }
+        }
+    }
+}
+
+/// Starts one thread per vCPU; vCPU 0 is the boot processor.
+fn spawn_vcpus(mem: &GuestMemoryMmap, exit: &Arc<VmExit>, cpus: u8) -> Result<VcpuThreads, Error> {
+    let mut threads = VcpuThreads(Vec::with_capacity(usize::from(cpus)));
+    for index in 0..cpus {
+        let (mem, exit) = (mem.clone(), exit.clone());
+        let (setup, setup_rx) = mpsc::channel::<(Arc<Vm>, EntryPoint)>();
+        let (configured_tx, configured) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<Arc<IoBuses>>();
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                let Ok((vm, entry)) = setup_rx.recv() else {
+                    return;
+                };
+                let vcpu = Vcpu::new(&vm.fd, index).and_then(|vcpu| {
+                    let cpuid = cpuid::normalize(&vm.supported_cpuid, index, cpus);
+                    vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
+                    Ok(vcpu)
+                });
+                drop(vm);
+                let vcpu = match vcpu {
+                    Ok(vcpu) => {
+                        let _ = configured_tx.send(Ok(()));
+                        vcpu
+                    }
+                    Err(e) => {
+                        let _ = configured_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let Ok(io) = go_rx.recv() else {
+                    return;
+                };
                 if index == 0 {
                     timeline::mark("first vCPU entry");
                 }
-                vcpu.run(io, mem, vm_exit)
+                vcpu.run(io, mem, exit)
             });
         match spawned {
-            Ok(handle) => threads.push(handle),
+            Ok(handle) => threads.0.push(VcpuThread {
+                index,
+                handle,
+                setup,
+                configured,
+                go,
+            }),
             Err(source) => {
-                exit.request(ExitReason::Error(format!("cannot start vCPU {index}")));
-                stop_vcpus(threads);
                 return Err(Error::Io {
                     what: "a vCPU thread",
                     source,
-                });
+                })
             }
         }
     }
     Ok(threads)
+}
+
+/// Waits until every vCPU is configured, then lets them all run; on any failure, ends them
+/// all without running and returns the first error.
+fn start_vcpus(mut threads: VcpuThreads, io: &Arc<IoBuses>) -> Result<Vec<JoinHandle<()>>, Error> {
+    for thread in &threads.0 {
+        // A closed channel: the thread ended (panicked) before it could say.
+        let result = thread.configured.recv().unwrap_or(Err(vcpu::Error::Thread {
+            index: thread.index,
+        }));
+        result?;
+    }
+    timeline::mark("vCPUs configured");
+    Ok(std::mem::take(&mut threads.0)
+        .into_iter()
+        .map(|thread| {
+            // A thread that is gone has already said why through `configured`.
+            let _ = thread.go.send(io.clone());
+            thread.handle
+        })
+        .collect())
 }
 
 /// Kicks every vCPU thread out of `KVM_RUN` once (the exit reason is already recorded, and

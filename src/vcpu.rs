@@ -84,6 +84,8 @@ pub enum Error {
     },
     #[error("cannot build the MSR list")]
     MsrList,
+    #[error("the thread of vCPU {index} ended before it was configured")]
+    Thread { index: u8 },
 }
 
 thread_local! {
