@@ -6,13 +6,15 @@
 // - `no_kvm`: `/dev/kvm` cannot be opened for reading and writing.
 // - `no_netns`: the tests cannot make a network namespace with a TAP in it: that needs root,
 //   `/dev/net/tun` and (for the `vmm` tests, which drive `ip netns`) iproute2's `ip`.
+// - `no_testhost`: no `qemu-system-x86_64` to run the nested test host (resources/testhost.sh).
 //
-// Cargo runs the script again when `/dev/kvm` or `/dev/net/tun` changes or goes away, and, while
-// either is missing, on every build (a device node that comes back keeps its old mtime, which
+// Cargo runs the script again when `/dev/kvm`, `/dev/net/tun` or QEMU changes or goes away,
+// and, while one is missing, on every build (a device node that comes back keeps its old mtime, which
 // cargo would take for "unchanged").
 
 const KVM_DEVICE: &str = "/dev/kvm";
 const TUN_DEVICE: &str = "/dev/net/tun";
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 fn kvm_usable() -> bool {
     std::fs::OpenOptions::new()
@@ -44,7 +46,7 @@ fn has_ip_command() -> bool {
 
 /// Emits the `cfg`s; `netns_needs_ip`: whether this crate's namespace tests use `ip`.
 fn probe_test_host(netns_needs_ip: bool) {
-    for device in [KVM_DEVICE, TUN_DEVICE] {
+    for device in [KVM_DEVICE, TUN_DEVICE, QEMU] {
         if std::path::Path::new(device).exists() {
             println!("cargo::rerun-if-changed={device}");
         } else {
@@ -54,6 +56,10 @@ fn probe_test_host(netns_needs_ip: bool) {
     }
     println!("cargo::rustc-check-cfg=cfg(no_kvm)");
     println!("cargo::rustc-check-cfg=cfg(no_netns)");
+    println!("cargo::rustc-check-cfg=cfg(no_testhost)");
+    if !std::path::Path::new(QEMU).exists() {
+        println!("cargo::rustc-cfg=no_testhost");
+    }
     if !kvm_usable() {
         println!("cargo::rustc-cfg=no_kvm");
         println!("cargo::warning=no usable {KVM_DEVICE}: the tests that run guests are ignored");

@@ -3,6 +3,7 @@
 # cached by the hash of this script and the busybox package version.
 # Its /init mounts proc, sysfs and devtmpfs, prints
 #   VMM-INIT-OK uptime=<contents of /proc/uptime>
+#   VMM-CPUS-ONLINE <contents of /sys/devices/system/cpu/online>
 # on /dev/console and then runs `reboot -f` (boot the kernel with reboot=k so that the
 # reset goes through the i8042).
 # Prints the path of the .cpio.gz on stdout; progress goes to stderr.
@@ -46,6 +47,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 echo "VMM-INIT-OK uptime=$(cat /proc/uptime)"
+echo "VMM-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)"
 reboot -f
 # Only reached if the reboot failed.
 poweroff -f

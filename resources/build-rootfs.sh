@@ -25,7 +25,7 @@ root="$tmp/root"
 mkdir -p "$root"/{bin,sbin,etc,dev,proc,sys,tmp,root,mnt}
 cp /bin/busybox "$root/bin/busybox"
 for applet in sh mount umount echo cat ls reboot poweroff sleep uname sync mkdir \
-        ifconfig ip route ping nc sha256sum; do
+        ifconfig ip route ping nc sha256sum dd httpd wget dmesg; do
     ln -s busybox "$root/bin/$applet"
 done
 basename "$out" .ext4 | sed 's/^rootfs-/vmm-rootfs /' > "$root/etc/vmm-rootfs-id"

@@ -2,6 +2,8 @@
 //! default Linux guest, and running the `vmm` binary with a time limit.
 #![allow(dead_code)]
 
+pub mod testhost;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Builds the "test host": a Linux VM that QEMU runs under TCG (pure emulation, no KVM needed),
+# whose CPU (`-cpu max`) has AMD SVM with nested paging, so that its own kernel gets a real
+# kvm-amd /dev/kvm. vmm runs inside it with the real Linux drivers on any x86_64 machine,
+# including cloud VMs without nested virtualization (see resources/testhost.sh).
+#
+# From Debian's packages, cached by their versions and this script's hash:
+#   vmlinuz    the cloud kernel (linux-image-cloud-amd64's kernel, downloaded, not installed)
+#   base.cpio  an uncompressed initramfs: busybox-static, the kvm, kvm-amd, tun and
+#              virtio-pci/blk modules, and an /init that loads them, runs /job/job.sh and
+#              powers off (see the init below for the protocol)
+# Prints the cache directory on stdout; progress goes to stderr.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
+
+need_pkgs busybox-static cpio qemu-system-x86 >&2
+
+meta=linux-image-cloud-amd64
+mkdir -p "$VMM_CACHE"
+# One build at a time (tests start several test hosts at once).
+exec 9>"$VMM_CACHE/.testhost.lock"
+flock 9
+kpkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [ -z "$kpkg" ]; then
+    apt-get update -qq >&2
+    kpkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+fi
+[ -n "$kpkg" ] || { echo "error: cannot find the kernel package $meta depends on" >&2; exit 1; }
+kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
+bver=$(dpkg-query -W -f='${Version}' busybox-static)
+key=$( (echo "$kpkg $kver busybox-static $bver"; cat "$here/build-testhost.sh") | sha256sum | cut -c1-16)
+out="$VMM_CACHE/testhost-$key"
+if [ -f "$out/vmlinuz" ] && [ -f "$out/base.cpio" ]; then
+    echo "$out"
+    exit 0
+fi
+
+echo "building the test host from $kpkg $kver" >&2
+tmp=$(mktemp -d "$VMM_CACHE/testhost-build.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+(cd "$tmp" && apt-get download -q "$kpkg=$kver" >&2 2>/dev/null) \
+    || (cd "$tmp" && apt-get update -qq >&2 && apt-get download -q "$kpkg=$kver" >&2)
+dpkg-deb -x "$tmp"/"$kpkg"_*.deb "$tmp/pkg"
+release=${kpkg#linux-image-}
+moddir="$tmp/pkg/lib/modules/$release/kernel"
+
+root="$tmp/root"
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,job,out,lib/modules}
+cp /bin/busybox "$root/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+done
+# In load order (each after what it depends on, as `modinfo -F depends` says).
+modules="virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun
+    drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev
+    drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk"
+for m in $modules; do
+    cp "$moddir/$m.ko" "$root/lib/modules/"
+done
+echo "$modules" | xargs -n1 basename > "$root/lib/modules/order"
+mknod -m 600 "$root/dev/console" c 5 1
+
+# job.sh runs in /job with OUT=/out. The protocol with resources/testhost.sh, on the serial
+# console:
+#   TESTHOST-READY <uptime>       the modules are loaded and /dev/kvm exists
+#   TESTHOST-NO-KVM               kvm-amd did not give a /dev/kvm
+#   TESTHOST-JOB-EXIT <code>      /job/job.sh ended with <code>
+# Then, if the VM has a disk (/dev/vda), everything the job left in $OUT is written to it as
+# a tar archive, and the VM powers off.
+cat > "$root/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o size=75% tmpfs /tmp
+exec </dev/console >/dev/console 2>&1
+for m in $(cat /lib/modules/order); do
+    insmod "/lib/modules/$m.ko" || echo "TESTHOST-INSMOD-FAILED $m"
+done
+if [ -c /dev/kvm ]; then
+    echo "TESTHOST-READY $(cut -d' ' -f1 /proc/uptime)"
+    cd /job && OUT=/out sh ./job.sh
+    echo "TESTHOST-JOB-EXIT $?"
+else
+    echo "TESTHOST-NO-KVM"
+fi
+if [ -b /dev/vda ]; then
+    tar -cf /dev/vda -C /out .
+fi
+sync
+poweroff -f
+INIT
+chmod 0755 "$root/init"
+
+mkdir -p "$out.tmp"
+cp "$tmp/pkg/boot/vmlinuz-$release" "$out.tmp/vmlinuz"
+find "$root" -exec touch -h -d @0 {} +
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) > "$out.tmp/base.cpio"
+rm -rf "$out"
+mv "$out.tmp" "$out"
+echo "test host: $out ($kpkg $kver)" >&2
+echo "$out"

@@ -1,0 +1,245 @@
+//! Where the Linux tests run a real Linux guest to userspace, and how.
+//!
+//! - **hardware**: this host's KVM is hardware virtualization (no `/sys/module/kvm_pvm`): the
+//!   job runs right here, as root in a network namespace of its own.
+//! - **nested**: everywhere else that QEMU is installed: the job runs inside the test host
+//!   (`resources/testhost.sh`), a Linux VM under QEMU TCG whose kernel has a kvm-amd
+//!   `/dev/kvm`; what it leaves in `$OUT` comes back as files.
+//! - **early-boot**: neither can run, but KVM exists (a PVM host without QEMU): only the early
+//!   boot of the guest can be checked.
+//!
+//! A job is a shell script that runs in a directory holding the files it was given (the `vmm`
+//! binary included), with `OUT` naming a directory for files to check afterwards. Every test
+//! prints its mode as one line: `linux test mode: …`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::{host_is_pvm, resource, root, say, vmm_bin};
+
+/// Where a Linux test runs its guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Hardware,
+    Nested,
+    EarlyBoot(String),
+}
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn qemu_usable() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// This host's mode, decided once per test process.
+pub fn mode() -> &'static Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    MODE.get_or_init(|| {
+        if kvm_usable() && !host_is_pvm() {
+            Mode::Hardware
+        } else if qemu_usable() {
+            Mode::Nested
+        } else if kvm_usable() {
+            Mode::EarlyBoot(
+                "KVM here is PVM, which stops a stock kernel in early boot, and \
+                 qemu-system-x86_64 (for the nested test host) is not installed"
+                    .into(),
+            )
+        } else {
+            Mode::EarlyBoot("no usable /dev/kvm and no qemu-system-x86_64".into())
+        }
+    })
+}
+
+/// Prints the mode line for `test` and returns the mode.
+pub fn announce(test: &str) -> &'static Mode {
+    let mode = mode();
+    let line = match mode {
+        Mode::Hardware => "linux test mode: hardware".to_string(),
+        Mode::Nested => "linux test mode: nested".to_string(),
+        Mode::EarlyBoot(reason) => format!("linux test mode: early-boot ({reason})"),
+    };
+    say(&format!("{line} [{test}]"));
+    mode
+}
+
+/// A job: a script and the files it needs.
+pub struct Job {
+    name: String,
+    dir: PathBuf,
+    script: String,
+}
+
+/// What a job left: its console (stdout), its exit code, and the files it put in `$OUT`.
+#[derive(Debug)]
+pub struct JobRun {
+    pub console: String,
+    pub exit: Option<i32>,
+    pub out: PathBuf,
+    pub elapsed: Duration,
+}
+
+impl Job {
+    /// A job named `name` (its files go under target/test-scratch/job-NAME); it has the
+    /// `vmm` binary under test as `./vmm`.
+    pub fn new(name: &str) -> Job {
+        let dir = root()
+            .join("target/test-scratch")
+            .join(format!("job-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the job directory");
+        let job = Job {
+            name: name.to_string(),
+            dir,
+            script: String::new(),
+        };
+        job.file("vmm", &vmm_bin())
+    }
+
+    /// Gives the job `src` as `./name` (a copy: the job may change it).
+    pub fn file(self, name: &str, src: &Path) -> Job {
+        std::fs::copy(src, self.dir.join(name))
+            .unwrap_or_else(|e| panic!("copy {} into the job: {e}", src.display()));
+        self
+    }
+
+    /// The default guest's files: `bzImage`, `vmlinux`, `initramfs.cpio.gz`, `rootfs.ext4`.
+    pub fn default_guest(self) -> Job {
+        let kernel = resource("build-kernel.sh");
+        self.file("bzImage", &kernel.join("bzImage"))
+            .file("vmlinux", &kernel.join("vmlinux"))
+            .file("initramfs.cpio.gz", &resource("build-initramfs.sh"))
+            .file("rootfs.ext4", &resource("build-rootfs.sh"))
+    }
+
+    /// The job's shell script (POSIX sh; busybox in the test host).
+    pub fn script(mut self, script: &str) -> Job {
+        self.script = script.to_string();
+        self
+    }
+
+    /// Runs the job where `mode` says, killing it after `limit`.
+    pub fn run(self, mode: &Mode, limit: Duration) -> JobRun {
+        std::fs::write(self.dir.join("job.sh"), &self.script).expect("write job.sh");
+        let out = self.dir.with_file_name(format!("job-{}-out", self.name));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).expect("create the job's output directory");
+        let start = Instant::now();
+        let (console, exit) = match mode {
+            Mode::Hardware => self.run_here(&out, limit),
+            Mode::Nested => self.run_nested(&out, limit),
+            Mode::EarlyBoot(_) => panic!("a job needs the hardware or nested mode"),
+        };
+        // Kept for a reader: what the job printed, next to what it left.
+        let _ = std::fs::write(
+            self.dir
+                .with_file_name(format!("job-{}.console", self.name)),
+            &console,
+        );
+        JobRun {
+            console,
+            exit,
+            out,
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// Hardware mode: the script runs here, in a network namespace of its own.
+    fn run_here(&self, out: &Path, limit: Duration) -> (String, Option<i32>) {
+        let mut cmd = Command::new("timeout");
+        cmd.arg(limit.as_secs().to_string())
+            .args([
+                "unshare",
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up; sh ./job.sh",
+            ])
+            .current_dir(&self.dir)
+            .env("OUT", out);
+        let output = cmd.output().expect("run the job (timeout, unshare, sh)");
+        let console = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (console, output.status.code())
+    }
+
+    /// Nested mode: the script runs in the test host; `$OUT` comes back through a disk.
+    fn run_nested(&self, out: &Path, limit: Duration) -> (String, Option<i32>) {
+        let results = self
+            .dir
+            .with_file_name(format!("job-{}-results.tar", self.name));
+        let file = std::fs::File::create(&results).expect("create the results disk");
+        // Room for what jobs copy out (disk images of 16 MiB and their logs).
+        file.set_len(256 << 20).expect("size the results disk");
+        drop(file);
+        let output = Command::new("timeout")
+            .arg(limit.as_secs().to_string())
+            .arg("bash")
+            .arg(root().join("resources/testhost.sh"))
+            .arg(&self.dir)
+            .arg(&results)
+            .output()
+            .expect("run resources/testhost.sh");
+        let console = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "the test host failed (exit {:?}):\n{console}\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !console.contains("TESTHOST-NO-KVM"),
+            "the test host's kernel got no /dev/kvm:\n{console}"
+        );
+        let exit = console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("TESTHOST-JOB-EXIT "))
+            .and_then(|code| code.trim().parse().ok());
+        let untar = Command::new("tar")
+            .arg("-xf")
+            .arg(&results)
+            .arg("-C")
+            .arg(out)
+            .status()
+            .expect("run tar");
+        assert!(untar.success(), "cannot unpack the job's results");
+        let _ = std::fs::remove_file(&results);
+        (console, exit)
+    }
+}
+
+/// Checks a guest kernel log: no `BUG:`, `Oops` or `WARNING:` line, but one known warning per
+/// boot in the nested test host: `XSAVE consistency problem`, from TCG's xsave emulation
+/// (every VMM's guest prints it there). `boots` is how many guest kernels the log holds.
+pub fn check_kernel_log(console: &str, boots: usize) {
+    let lines: Vec<&str> = console.lines().collect();
+    let mut xsave = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if !(line.contains("BUG:") || line.contains("Oops") || line.contains("WARNING:")) {
+            continue;
+        }
+        let known = line.contains("WARNING:")
+            && *mode() == Mode::Nested
+            && i > 0
+            && lines[i - 1].contains("XSAVE consistency problem");
+        if known && xsave < boots {
+            xsave += 1;
+            continue;
+        }
+        let context = lines[i.saturating_sub(5)..(i + 15).min(lines.len())].join("\n");
+        panic!("the guest kernel log has a bad line:\n{line}\n---- around it ----\n{context}");
+    }
+}
