@@ -352,11 +352,11 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         manager.add_subscriber(Arc::new(Mutex::new(handler)));
     }
 
-    let threads = start_vcpus(vcpus, &io)?;
     let _raw_mode = crate::terminal::RawModeGuard::new().map_err(|source| Error::Io {
         what: "the terminal (raw mode)",
         source,
     })?;
+    let threads = start_vcpus(vcpus, &io)?;
 
     while !exit.stopping() {
         manager.run().map_err(Error::EventLoop)?;

@@ -49,6 +49,18 @@ fn line_value<'a>(out: &'a str, prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
 }
 
+/// Prints the mode line for `test`; where no job can run, checks the early boot of the PVH
+/// vmlinux with `cpus` vCPUs instead and returns None.
+fn job_mode(test: &str, cpus: u16) -> Option<&'static Mode> {
+    match testhost::announce(test) {
+        Mode::EarlyBoot(_) => {
+            early_boot_only("vmlinux", cpus);
+            None
+        }
+        mode => Some(mode),
+    }
+}
+
 fn check_job(run: &JobRun, boots: usize) {
     assert_eq!(run.exit, Some(0), "the job failed:\n{}", run.console);
     check_kernel_log(&run.console, boots);
@@ -72,11 +84,12 @@ fn sha256(path: &std::path::Path) -> String {
     ignore = "needs /dev/kvm or qemu-system-x86_64 (for the nested test host)"
 )]
 fn linux_bzimage_and_pvh_vmlinux_boot_to_init_with_all_cpus() {
-    let test = "linux_bzimage_and_pvh_vmlinux_boot_to_init_with_all_cpus";
-    let mode = testhost::announce(test);
-    if let Mode::EarlyBoot(_) = mode {
-        return early_boot_only("vmlinux", 2);
-    }
+    let Some(mode) = job_mode(
+        "linux_bzimage_and_pvh_vmlinux_boot_to_init_with_all_cpus",
+        2,
+    ) else {
+        return;
+    };
     let run = Job::new("boot")
         .default_guest()
         .script(&format!(
@@ -105,11 +118,12 @@ echo "VMM-EXIT pvh $?"
     ignore = "needs /dev/kvm or qemu-system-x86_64 (for the nested test host)"
 )]
 fn linux_root_disk_read_write_read_only_second_drive_and_lock() {
-    let test = "linux_root_disk_read_write_read_only_second_drive_and_lock";
-    let mode = testhost::announce(test);
-    if let Mode::EarlyBoot(_) = mode {
-        return early_boot_only("vmlinux", 1);
-    }
+    let Some(mode) = job_mode(
+        "linux_root_disk_read_write_read_only_second_drive_and_lock",
+        1,
+    ) else {
+        return;
+    };
     let pristine = resource("build-rootfs.sh");
     let run = Job::new("disks")
         .default_guest()
@@ -180,11 +194,9 @@ echo "VMM-EXIT holder $?"
     ignore = "needs /dev/kvm or qemu-system-x86_64 (for the nested test host)"
 )]
 fn linux_network_ping_and_a_mebibyte_each_way_over_tcp() {
-    let test = "linux_network_ping_and_a_mebibyte_each_way_over_tcp";
-    let mode = testhost::announce(test);
-    if let Mode::EarlyBoot(_) = mode {
-        return early_boot_only("vmlinux", 1);
-    }
+    let Some(mode) = job_mode("linux_network_ping_and_a_mebibyte_each_way_over_tcp", 1) else {
+        return;
+    };
     // The guest fetches a file from the host side's HTTP server and serves one back; the host
     // side pings it and fetches that. busybox's httpd and wget, over virtio-net and the TAP.
     // (`\$`: the test host's shell passes the `$` on to the guest's.)
@@ -238,11 +250,9 @@ echo "VMM-EXIT net $rc"
     ignore = "needs /dev/kvm or qemu-system-x86_64 (for the nested test host)"
 )]
 fn linux_console_input_and_sigterm() {
-    let test = "linux_console_input_and_sigterm";
-    let mode = testhost::announce(test);
-    if let Mode::EarlyBoot(_) = mode {
-        return early_boot_only("vmlinux", 1);
-    }
+    let Some(mode) = job_mode("linux_console_input_and_sigterm", 1) else {
+        return;
+    };
     let run = Job::new("console")
         .default_guest()
         .script(&format!(
