@@ -10,7 +10,8 @@
 //!
 //! A job is a shell script that runs in a directory holding the files it was given (the `vmm`
 //! binary included), with `OUT` naming a directory for files to check afterwards. Every test
-//! prints its mode as one line: `linux test mode: …`.
+//! prints its mode as one line: `linux test mode: …`. `VMM_LINUX_TEST_MODE=nested` (or
+//! `hardware`) overrides the choice.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,6 +49,12 @@ fn qemu_usable() -> bool {
 pub fn mode() -> &'static Mode {
     static MODE: OnceLock<Mode> = OnceLock::new();
     MODE.get_or_init(|| {
+        // For running the nested path on a hardware host too (or forcing either anywhere).
+        match std::env::var("VMM_LINUX_TEST_MODE").as_deref() {
+            Ok("hardware") => return Mode::Hardware,
+            Ok("nested") => return Mode::Nested,
+            _ => {}
+        }
         if kvm_usable() && !host_is_pvm() {
             Mode::Hardware
         } else if qemu_usable() {
@@ -157,19 +164,31 @@ impl Job {
         }
     }
 
-    /// Hardware mode: the script runs here, in a network namespace of its own.
+    /// Hardware mode: the script runs here, with its own network and PID namespaces (so its
+    /// TAP and its `pidof` see only the job) and busybox's applets first in `PATH`, as in the
+    /// test host.
     fn run_here(&self, out: &Path, limit: Duration) -> (String, Option<i32>) {
+        let bin = self.dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("create the job's bin directory");
+        let list = Command::new("busybox")
+            .arg("--list")
+            .output()
+            .expect("run busybox (Debian's busybox-static) for the job's tools");
+        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+            let _ = std::os::unix::fs::symlink("/bin/busybox", bin.join(applet));
+        }
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let mut cmd = Command::new("timeout");
         cmd.arg(limit.as_secs().to_string())
-            .args([
-                "unshare",
-                "--net",
-                "sh",
-                "-c",
-                "ip link set lo up; sh ./job.sh",
-            ])
+            .args(["unshare", "--net", "--pid", "--fork", "--mount-proc"])
+            .args(["sh", "-c", "ip link set lo up; sh ./job.sh"])
             .current_dir(&self.dir)
-            .env("OUT", out);
+            .env("OUT", out)
+            .env("PATH", path);
         let output = cmd.output().expect("run the job (timeout, unshare, sh)");
         let console = String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr);
