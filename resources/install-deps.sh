@@ -7,4 +7,4 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 need_pkgs build-essential make gcc binutils util-linux cpio gzip \
     linux-source-6.1 flex bison bc libelf-dev libssl-dev lz4 xz-utils busybox-static \
-    python3 qemu-system-x86 e2fsprogs iproute2
+    python3 qemu-system-x86 e2fsprogs iproute2 acpica-tools

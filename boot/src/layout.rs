@@ -13,6 +13,7 @@
 //! 0x0002_0000  kernel command line (64 KiB)
 //! 0x0009_fc00  EBDA: MP floating pointer + MP configuration table
 //! 0x000a_0000  end of conventional memory (legacy VGA/BIOS hole up to 1 MiB)
+//! 0x000e_0000  ACPI tables: RSDP, XSDT, FADT, MADT, DSDT (64 KiB)
 //! 0x0010_0000  kernel
 //! 0xc000_0000  32-bit MMIO gap: virtio-mmio at 0xd000_0000, IOAPIC, local APIC
 //! 0x1_0000_0000 RAM above 4 GiB
@@ -77,6 +78,25 @@ pub const EBDA_START: GuestAddress = GuestAddress(0x9fc00);
 /// End of conventional ("low") memory: the legacy VGA and BIOS area `[0xa0000, 1 MiB)` follows.
 pub const LOW_RAM_END: GuestAddress = GuestAddress(0xa0000);
 
+/// ACPI tables (see [`crate::acpi::setup_acpi`]): the RSDP first, then the XSDT, FADT, MADT
+/// and DSDT. Linux finds the RSDP in `boot_params.acpi_rsdp_addr` or PVH `rsdp_paddr`, and
+/// otherwise by scanning `[0xe0000, 0x100000)` on 16-byte boundaries (ACPI 6.5 §5.2.5.1;
+/// drivers/acpi/acpica/tbxfroot.c `acpi_find_root_pointer`). The range lies in the hole that the
+/// e820 map reserves, `[EBDA_START, 1 MiB)`, clear of the MP table and below 0xff000, where
+/// binutils' default `-z separate-code` puts an ELF kernel's header segment.
+pub const ACPI_START: GuestAddress = GuestAddress(0xe_0000);
+
+/// Room for the ACPI tables at [`ACPI_START`], in bytes: 64 KiB, up to 0xf0000.
+pub const ACPI_SIZE: u64 = 0x1_0000;
+
+/// Start of the window Linux scans for the RSDP (ACPICA `ACPI_HI_RSDP_WINDOW_BASE`; it ends at
+/// 1 MiB).
+const RSDP_SCAN_WINDOW_START: GuestAddress = GuestAddress(0xe_0000);
+
+/// Where binutils' default `-z separate-code` puts the segment of just an ELF kernel's headers,
+/// which the loader accepts: the ACPI tables stay below it.
+const LD_DEFAULT_HEADER_SEGMENT: GuestAddress = GuestAddress(0xf_f000);
+
 /// Start of high memory and the kernel load address (bzImage protected-mode code and the
 /// physical address a default `vmlinux` is linked at).
 pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
@@ -132,6 +152,24 @@ pub const I8042_PORT: u16 = 0x60;
 /// The POST/debug port, where a guest writes a byte to mark a boot milestone.
 pub const DEBUG_PORT: u16 = 0x80;
 
+/// The hardware-reduced ACPI sleep control register (ACPI 6.5 §4.8.3.7), one byte in port I/O
+/// space that the FADT names: Linux powers off by writing `SLP_TYP` (from the DSDT's `_S5_`) and
+/// `SLP_EN` here. 0x600 is where Cloud Hypervisor's ACPI shutdown device lives: it moved there
+/// from 0x3c0 (the VGA attribute controller's port) in 2022, cloud-hypervisor PR #4480, to a
+/// port that QEMU also uses (q35's ACPI PM block, where OVMF puts it) and so one that TDX guests
+/// allow. It is clear of COM1, the i8042, the POST port and pvpanic.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+
+/// The hardware-reduced ACPI sleep status register (ACPI 6.5 §4.8.3.8): the same byte as
+/// [`ACPI_SLEEP_CONTROL_PORT`], as in Cloud Hypervisor. A read returns 0 (`WAK_STS` clear);
+/// Linux clears `WAK_STS` by writing 0x80 there, which has `SLP_EN` clear and so is no sleep
+/// request. Linux offers S5 only when both registers are set (`acpi_sleep_state_supported`).
+pub const ACPI_SLEEP_STATUS_PORT: u16 = ACPI_SLEEP_CONTROL_PORT;
+
+/// QEMU's pvpanic ISA device, at QEMU's default port (docs/specs/pvpanic.rst; the DSDT
+/// describes it as `QEMU0001`, which Linux's pvpanic driver binds to). One byte.
+pub const PVPANIC_PORT: u16 = 0x505;
+
 /// One range `[start, end)` of guest memory that the VMM fills in at boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootRange {
@@ -146,7 +184,7 @@ pub struct BootRange {
 /// Everything the VMM writes into guest memory before the first vCPU runs, apart from the
 /// kernel itself and the initrd (which goes above the kernel): a kernel segment must not
 /// overlap any of these. Everything else in RAM, below 1 MiB included, is the kernel's to use.
-pub const VMM_BOOT_RANGES: [BootRange; 7] = [
+pub const VMM_BOOT_RANGES: [BootRange; 8] = [
     BootRange {
         name: "boot GDT and IDT",
         start: BOOT_GDT_START,
@@ -182,6 +220,11 @@ pub const VMM_BOOT_RANGES: [BootRange; 7] = [
         start: EBDA_START,
         end: LOW_RAM_END,
     },
+    BootRange {
+        name: "ACPI tables",
+        start: ACPI_START,
+        end: GuestAddress(ACPI_START.0 + ACPI_SIZE),
+    },
 ];
 
 // The layout must not overlap itself.
@@ -198,6 +241,10 @@ const _: () = assert!(PDPTE_START.0 + 0x1000 <= PDE_START.0);
 const _: () = assert!(PDE_START.0 + PDE_COUNT * 0x1000 <= CMDLINE_START.0);
 const _: () = assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
 const _: () = assert!(EBDA_START.0 < LOW_RAM_END.0 && LOW_RAM_END.0 <= HIMEM_START.0);
+const _: () = assert!(LOW_RAM_END.0 <= ACPI_START.0);
+const _: () = assert!(ACPI_START.0 + ACPI_SIZE <= LD_DEFAULT_HEADER_SEGMENT.0);
+// The RSDP, at ACPI_START, is where Linux's scan of [0xe0000, 1 MiB) in 16-byte steps finds it.
+const _: () = assert!(ACPI_START.0 >= RSDP_SCAN_WINDOW_START.0 && ACPI_START.0.is_multiple_of(16));
 const _: () = assert!(MMIO_GAP_START.0 <= VIRTIO_MMIO_START.0);
 const _: () = assert!(VIRTIO_MMIO_START.0 < IOAPIC_START.0 && IOAPIC_START.0 < APIC_START.0);
 const _: () = assert!(APIC_START.0 < MMIO_GAP_END.0);

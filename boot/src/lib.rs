@@ -6,8 +6,10 @@
 //! 2. [`loader::load_kernel`] (bzImage or ELF `vmlinux`) and [`loader::load_initrd`].
 //! 3. [`params::configure_boot`]: the command line, then either the Linux zero page (64-bit
 //!    boot protocol) or the PVH `hvm_start_info`, each with its memory map.
-//! 4. [`gdt::write_gdt_and_idt`], [`paging::setup_identity_paging`] (64-bit entry only) and
-//!    [`mptable::setup_mptable`] so the guest finds its CPUs and its IOAPIC.
+//! 4. [`gdt::write_gdt_and_idt`], [`paging::setup_identity_paging`] (64-bit entry only),
+//!    [`mptable::setup_mptable`] so the guest finds its CPUs and its IOAPIC, and
+//!    [`acpi::setup_acpi`] for a guest that reads ACPI (its RSDP address goes in the zero page or
+//!    the PVH start info).
 //!
 //! Every guest-physical address used here is in [`layout`]. Nothing in this crate talks to KVM:
 //! the VMM turns [`gdt::Segment`] values and the addresses returned here into vCPU registers.
@@ -15,6 +17,7 @@
 //! Each module has its own error type; [`Error`] gathers them for callers that want a single
 //! type.
 
+pub mod acpi;
 pub mod gdt;
 pub mod layout;
 pub mod loader;
@@ -53,6 +56,9 @@ pub enum Error {
     /// The MP table could not be built or written.
     #[error(transparent)]
     MpTable(#[from] mptable::Error),
+    /// The ACPI tables could not be built or written.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
 }
 
 #[cfg(test)]
