@@ -4,14 +4,15 @@
 # Its /init mounts proc, sysfs and devtmpfs, prints
 #   VMM-INIT-OK uptime=<contents of /proc/uptime>
 #   VMM-CPUS-ONLINE <contents of /sys/devices/system/cpu/online>
-# on /dev/console and then runs `reboot -f` (boot the kernel with reboot=k so that the
-# reset goes through the i8042).
+# on /dev/console, runs the command given as `vmmcmd="…"` on the kernel command line (if any)
+# and passes its exit status to the VMM (`vmm-exit`), then runs `reboot -f` (boot the kernel
+# with reboot=k so that the reset goes through the i8042).
 # Prints the path of the .cpio.gz on stdout; progress goes to stderr.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 
-need_pkgs busybox-static cpio gzip >&2
+need_pkgs busybox-static cpio gzip gcc libc6-dev >&2
 
 busybox=/bin/busybox
 out=$(busybox_artifact initramfs cpio.gz "$here/build-initramfs.sh")
@@ -38,6 +39,7 @@ fi
 for applet in sh mount echo cat reboot poweroff sleep uname; do
     ln -s busybox "$root/bin/$applet"
 done
+build_vmm_exit "$root/bin/vmm-exit"
 
 cat > "$root/init" <<'INIT'
 #!/bin/sh
@@ -48,6 +50,13 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 echo "VMM-INIT-OK uptime=$(cat /proc/uptime)"
 echo "VMM-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)"
+if [ -n "${vmmcmd:-}" ]; then
+    echo "VMM-CMD-START"
+    sh -c "$vmmcmd"
+    rc=$?
+    echo "VMM-CMD-EXIT $rc"
+    vmm-exit $rc
+fi
 reboot -f
 # Only reached if the reboot failed.
 poweroff -f

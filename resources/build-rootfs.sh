@@ -2,14 +2,15 @@
 # Builds a small ext4 root disk image from Debian's busybox-static (mkfs.ext4 -d), cached by
 # the hash of this script and the busybox version. Its /sbin/init mounts proc and sysfs,
 # prints `VMM-ROOTFS-OK <contents of /etc/vmm-rootfs-id>`, runs the command given as
-# `vmmcmd="…"` on the kernel command line (if any), then reboots (boot with reboot=k).
+# `vmmcmd="…"` on the kernel command line (if any) and passes its exit status to the VMM
+# (`vmm-exit`), then reboots (boot with reboot=k).
 # Prints the image's path on stdout. Copy it before booting it read-write: the cached image
 # is the pristine one.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 
-need_pkgs busybox-static e2fsprogs >&2
+need_pkgs busybox-static e2fsprogs gcc libc6-dev >&2
 
 out=$(busybox_artifact rootfs ext4 "$here/build-rootfs.sh")
 if [ -s "$out" ]; then
@@ -28,6 +29,7 @@ for applet in sh mount umount echo cat ls reboot poweroff sleep uname sync mkdir
         ifconfig ip route ping nc sha256sum dd httpd wget dmesg; do
     ln -s busybox "$root/bin/$applet"
 done
+build_vmm_exit "$root/bin/vmm-exit"
 basename "$out" .ext4 | sed 's/^rootfs-/vmm-rootfs /' > "$root/etc/vmm-rootfs-id"
 cat > "$root/sbin/init" <<'INIT'
 #!/bin/sh
@@ -40,7 +42,9 @@ echo "VMM-ROOTFS-OK $(cat /etc/vmm-rootfs-id)"
 if [ -n "${vmmcmd:-}" ]; then
     echo "VMM-CMD-START"
     sh -c "$vmmcmd"
-    echo "VMM-CMD-EXIT $?"
+    rc=$?
+    echo "VMM-CMD-EXIT $rc"
+    vmm-exit $rc
 fi
 sync
 reboot -f

@@ -9,12 +9,16 @@
 #   base.cpio  an uncompressed initramfs: busybox-static, the kvm, kvm-amd, tun and
 #              virtio-pci/blk modules, and an /init that loads them, runs /job/job.sh and
 #              powers off (see the init below for the protocol)
+#   cloud-guest.cpio.gz  the same stock kernel as a guest *of vmm*: an initramfs with its
+#              virtio-mmio, virtio-blk, virtio-net and pvpanic modules, whose /init loads
+#              them, prints VMM-INIT-OK and VMM-CPUS-ONLINE, runs `vmmcmd="…"` with its
+#              status passed to the VMM (vmm-exit), and reboots; vmlinuz is the kernel
 # Prints the cache directory on stdout; progress goes to stderr.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 
-need_pkgs busybox-static cpio qemu-system-x86 >&2
+need_pkgs busybox-static cpio gzip qemu-system-x86 gcc libc6-dev >&2
 
 meta=linux-image-cloud-amd64
 mkdir -p "$VMM_CACHE"
@@ -29,9 +33,10 @@ fi
 [ -n "$kpkg" ] || { echo "error: cannot find the kernel package $meta depends on" >&2; exit 1; }
 kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
 bver=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$( (echo "$kpkg $kver busybox-static $bver"; cat "$here/build-testhost.sh") | sha256sum | cut -c1-16)
+key=$( (echo "$kpkg $kver busybox-static $bver port $(guest_exit_port)"
+    cat "$here/build-testhost.sh" "$here/guest-tools/vmm-exit.c") | sha256sum | cut -c1-16)
 out="$VMM_CACHE/testhost-$key"
-if [ -f "$out/vmlinuz" ] && [ -f "$out/base.cpio" ]; then
+if [ -f "$out/vmlinuz" ] && [ -f "$out/base.cpio" ] && [ -f "$out/cloud-guest.cpio.gz" ]; then
     echo "$out"
     exit 0
 fi
@@ -94,8 +99,50 @@ poweroff -f
 INIT
 chmod 0755 "$root/init"
 
+# The stock kernel as a guest of vmm: it finds its devices and CPUs through ACPI alone.
+guest="$tmp/guest"
+mkdir -p "$guest"/{bin,dev,proc,sys,tmp,lib/modules}
+cp /bin/busybox "$guest/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$guest/bin/$applet"
+done
+build_vmm_exit "$guest/bin/vmm-exit"
+guest_modules="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio
+    drivers/block/virtio_blk net/core/failover drivers/net/net_failover drivers/net/virtio_net
+    drivers/misc/pvpanic/pvpanic drivers/misc/pvpanic/pvpanic-mmio"
+for m in $guest_modules; do
+    cp "$moddir/$m.ko" "$guest/lib/modules/"
+done
+echo "$guest_modules" | xargs -n1 basename > "$guest/lib/modules/order"
+mknod -m 600 "$guest/dev/console" c 5 1
+cat > "$guest/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+for m in $(cat /lib/modules/order); do
+    insmod "/lib/modules/$m.ko" || echo "VMM-INSMOD-FAILED $m"
+done
+echo "VMM-INIT-OK uptime=$(cat /proc/uptime)"
+echo "VMM-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)"
+if [ -n "${vmmcmd:-}" ]; then
+    echo "VMM-CMD-START"
+    sh -c "$vmmcmd"
+    rc=$?
+    echo "VMM-CMD-EXIT $rc"
+    vmm-exit $rc
+fi
+reboot -f
+INIT
+chmod 0755 "$guest/init"
+
 mkdir -p "$out.tmp"
 cp "$tmp/pkg/boot/vmlinuz-$release" "$out.tmp/vmlinuz"
+find "$guest" -exec touch -h -d @0 {} +
+(cd "$guest" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
+    | gzip -n > "$out.tmp/cloud-guest.cpio.gz"
 find "$root" -exec touch -h -d @0 {} +
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) > "$out.tmp/base.cpio"
 rm -rf "$out"

@@ -19,10 +19,28 @@ need_pkgs() {
 }
 
 # busybox_artifact NAME EXT SCRIPT: the cache path for an artifact that SCRIPT builds from
-# Debian's busybox-static, keyed by the busybox version and SCRIPT's contents.
+# Debian's busybox-static (and vmm-exit), keyed by the busybox version, SCRIPT's contents and
+# vmm-exit's source and port.
 busybox_artifact() {
     local ver key
     ver=$(dpkg-query -W -f='${Version}' busybox-static)
-    key=$( (echo "busybox-static $ver"; cat "$3") | sha256sum | cut -c1-16)
+    key=$( (echo "busybox-static $ver port $(guest_exit_port)"; cat "$3" \
+        "$(dirname "${BASH_SOURCE[0]}")/guest-tools/vmm-exit.c") | sha256sum | cut -c1-16)
     echo "$VMM_CACHE/$1-$key.$2"
+}
+
+# The guest exit-code port, read from its one home, boot/src/layout.rs.
+guest_exit_port() {
+    sed -n 's/^pub const GUEST_EXIT_CODE_PORT: u16 = \(0x[0-9a-fA-F]*\);.*/\1/p' \
+        "$(dirname "${BASH_SOURCE[0]}")/../boot/src/layout.rs"
+}
+
+# build_vmm_exit OUT: compiles the guest's `vmm-exit N` (resources/guest-tools/vmm-exit.c)
+# statically into OUT.
+build_vmm_exit() {
+    local port
+    port=$(guest_exit_port)
+    [ -n "$port" ] || { echo "error: no GUEST_EXIT_CODE_PORT in boot/src/layout.rs" >&2; return 1; }
+    gcc -static -O2 -s -DVMM_EXIT_PORT="$port" -o "$1" \
+        "$(dirname "${BASH_SOURCE[0]}")/guest-tools/vmm-exit.c"
 }

@@ -129,9 +129,9 @@ impl DeviceManager {
         Ok(handler)
     }
 
-    /// The command-line entries for every attached device, in order.
-    pub fn cmdline_entries(&self) -> Vec<String> {
-        self.slots.iter().map(MmioSlot::cmdline_entry).collect()
+    /// Where every attached device is, in order.
+    pub fn into_slots(self) -> Vec<MmioSlot> {
+        self.slots
     }
 }
 

@@ -1,5 +1,6 @@
 //! The main thread's event loop (event-manager): bytes from stdin go to the guest's serial
-//! port; the i8042 reset line, SIGINT/SIGTERM and the vCPUs' exit requests stop the VM.
+//! port; the guest's reset, power-off and panic, SIGINT/SIGTERM and the vCPUs' exit requests
+//! stop the VM.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -61,33 +62,42 @@ impl MutEventSubscriber for StdinInput {
 }
 
 const TOKEN_VM_EXIT: u32 = 1;
-const TOKEN_RESET: u32 = 2;
-const TOKEN_SIGNAL: u32 = 3;
+const TOKEN_SIGNAL: u32 = 2;
+/// Tokens from here up: the guest's own stop events, in order.
+const TOKEN_GUEST_EVENT: u32 = 3;
 
 /// Watches every way the VM can be asked to stop.
 pub struct ExitWatcher {
     exit: Arc<VmExit>,
-    reset_evt: EventFd,
     signal_evt: SignalEvent,
+    /// Eventfds a device writes when the guest ends the VM, each with the reason it records
+    /// (the i8042 reset line, the ACPI power-off register, pvpanic).
+    guest_events: Vec<(EventFd, ExitReason)>,
 }
 
 impl ExitWatcher {
-    pub fn new(exit: Arc<VmExit>, reset_evt: EventFd, signal_evt: SignalEvent) -> Self {
+    pub fn new(
+        exit: Arc<VmExit>,
+        signal_evt: SignalEvent,
+        guest_events: Vec<(EventFd, ExitReason)>,
+    ) -> Self {
         ExitWatcher {
             exit,
-            reset_evt,
             signal_evt,
+            guest_events,
         }
     }
 }
 
 impl MutEventSubscriber for ExitWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        let fds: [(&dyn AsRawFd, u32); 3] = [
+        let mut fds: Vec<(&dyn AsRawFd, u32)> = vec![
             (&self.exit.evt, TOKEN_VM_EXIT),
-            (&self.reset_evt, TOKEN_RESET),
             (&self.signal_evt, TOKEN_SIGNAL),
         ];
+        for (token, (evt, _)) in (TOKEN_GUEST_EVENT..).zip(&self.guest_events) {
+            fds.push((evt, token));
+        }
         for (fd, token) in fds {
             if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), token, EventSet::IN)) {
                 // Without these the VM could never be stopped: stop it now.
@@ -103,15 +113,23 @@ impl MutEventSubscriber for ExitWatcher {
             TOKEN_VM_EXIT => {
                 let _ = self.exit.evt.read();
             }
-            TOKEN_RESET => {
-                let _ = self.reset_evt.read();
-                self.exit.request(ExitReason::Reset);
-            }
             TOKEN_SIGNAL => {
                 let sig = self.signal_evt.take().unwrap_or(libc::SIGTERM);
                 self.exit.request(ExitReason::Signal(sig));
             }
-            other => log::warn!("unexpected event token {other}"),
+            token => {
+                let guest = token
+                    .checked_sub(TOKEN_GUEST_EVENT)
+                    .and_then(|i| self.guest_events.get(i as usize));
+                match guest {
+                    Some((evt, reason)) => {
+                        let _ = evt.read();
+                        crate::timeline::mark(&format!("guest stop: {reason}"));
+                        self.exit.request(reason.clone());
+                    }
+                    None => log::warn!("unexpected event token {token}"),
+                }
+            }
         }
     }
 }

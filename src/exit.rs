@@ -12,6 +12,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub enum ExitReason {
     /// The guest reset itself through the i8042 keyboard controller (`reboot=k`).
     Reset,
+    /// The guest powered off: ACPI S5 through the FADT's sleep control register.
+    Poweroff,
+    /// The guest kernel panicked (reported through pvpanic).
+    GuestPanic,
     /// A vCPU triple-faulted (`KVM_EXIT_SHUTDOWN`).
     TripleFault { cpu: u8 },
     /// KVM reported a system event (`KVM_EXIT_SYSTEM_EVENT`) such as shutdown or reset.
@@ -23,18 +27,34 @@ pub enum ExitReason {
     Error(String),
 }
 
+/// The VMM's exit code after a guest kernel panic.
+pub const GUEST_PANIC_EXIT_CODE: u8 = 3;
+
 impl ExitReason {
-    /// The VMM's exit code for this reason: 0 for the clean ways a VM ends, 1 for errors.
-    pub fn exit_code(&self) -> u8 {
+    /// The VMM's exit code for this reason: for the clean ways a VM ends, 0, or the code the
+    /// guest chose (`guest_code`, from the exit-code port) when it powered off or reset
+    /// itself; [`GUEST_PANIC_EXIT_CODE`] after a guest kernel panic; 1 for errors.
+    pub fn exit_code(&self, guest_code: Option<u8>) -> u8 {
         match self {
             ExitReason::Error(_) => 1,
+            ExitReason::GuestPanic => GUEST_PANIC_EXIT_CODE,
             ExitReason::SystemEvent { kind, .. }
                 if *kind == kvm_bindings::KVM_SYSTEM_EVENT_CRASH =>
             {
                 1
             }
-            _ => 0,
+            ExitReason::Signal(_) => 0,
+            ExitReason::Reset
+            | ExitReason::Poweroff
+            | ExitReason::TripleFault { .. }
+            | ExitReason::SystemEvent { .. } => guest_code.unwrap_or(0),
         }
+    }
+
+    /// Whether the VM failed (an error, a crash, a guest panic), as opposed to ending the way
+    /// it was asked to, whatever exit code the guest chose.
+    pub fn is_failure(&self) -> bool {
+        self.exit_code(None) != 0
     }
 }
 
@@ -42,6 +62,8 @@ impl fmt::Display for ExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ExitReason::Reset => write!(f, "the guest reset the machine (i8042 reset)"),
+            ExitReason::Poweroff => write!(f, "the guest powered off (ACPI S5)"),
+            ExitReason::GuestPanic => write!(f, "guest kernel panic (reported by pvpanic)"),
             ExitReason::TripleFault { cpu } => {
                 write!(f, "vCPU {cpu} triple-faulted (KVM_EXIT_SHUTDOWN)")
             }
@@ -124,19 +146,37 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        assert_eq!(ExitReason::Reset.exit_code(), 0);
-        assert_eq!(ExitReason::TripleFault { cpu: 0 }.exit_code(), 0);
-        assert_eq!(ExitReason::Signal(15).exit_code(), 0);
+        assert_eq!(ExitReason::Reset.exit_code(None), 0);
+        assert_eq!(ExitReason::Poweroff.exit_code(None), 0);
+        assert_eq!(ExitReason::TripleFault { cpu: 0 }.exit_code(None), 0);
+        assert_eq!(ExitReason::Signal(15).exit_code(None), 0);
         let shutdown = ExitReason::SystemEvent {
             cpu: 0,
             kind: kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN,
         };
-        assert_eq!(shutdown.exit_code(), 0);
+        assert_eq!(shutdown.exit_code(None), 0);
         let crash = ExitReason::SystemEvent {
             cpu: 0,
             kind: kvm_bindings::KVM_SYSTEM_EVENT_CRASH,
         };
-        assert_eq!(crash.exit_code(), 1);
-        assert_eq!(ExitReason::Error("x".into()).exit_code(), 1);
+        assert_eq!(crash.exit_code(None), 1);
+        assert_eq!(ExitReason::Error("x".into()).exit_code(None), 1);
+        assert_eq!(ExitReason::GuestPanic.exit_code(None), 3);
+        assert!(ExitReason::GuestPanic.is_failure() && !ExitReason::Poweroff.is_failure());
+    }
+
+    #[test]
+    fn the_guest_chooses_the_exit_code_of_its_own_ends_only() {
+        for own in [
+            ExitReason::Reset,
+            ExitReason::Poweroff,
+            ExitReason::TripleFault { cpu: 1 },
+        ] {
+            assert_eq!(own.exit_code(Some(7)), 7, "{own}");
+            assert_eq!(own.exit_code(Some(0)), 0, "{own}");
+        }
+        assert_eq!(ExitReason::Signal(15).exit_code(Some(7)), 0);
+        assert_eq!(ExitReason::GuestPanic.exit_code(Some(0)), 3);
+        assert_eq!(ExitReason::Error("x".into()).exit_code(Some(0)), 1);
     }
 }

@@ -41,14 +41,13 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KVM_PATH)),
     };
     match runner::run_vm(&config) {
-        Ok(reason) => {
-            let code = reason.exit_code();
-            if code == 0 {
-                log::info!("VM stopped: {reason}");
-            } else {
+        Ok((reason, guest_code)) => {
+            if reason.is_failure() {
                 eprintln!("error: {reason}");
+            } else {
+                log::info!("VM stopped: {reason}");
             }
-            ExitCode::from(code)
+            ExitCode::from(reason.exit_code(guest_code))
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -5,13 +5,19 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU16;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
+use boot::acpi::{self, AcpiConfig};
 use boot::loader::EntryPoint;
 use boot::{layout, loader, memory, mptable, paging, params};
 use devices::debug_port::DebugPort;
 use devices::i8042::I8042Device;
+use devices::power::{AcpiSleep, GuestExitCode, PvPanic};
+
+// The DSDT's `_S5_` and the sleep register must agree on what "power off" is.
+const _: () = assert!(acpi::S5_SLP_TYP == devices::power::S5_SLP_TYP);
 use devices::interrupt::EventFdTrigger;
 use devices::serial::SerialDevice;
 use devices::{Bus, IoBuses};
@@ -257,8 +263,9 @@ struct Inputs {
     cmdline: Cmdline,
 }
 
-/// Builds the VM described by `config`, runs it to the end, and says why it ended.
-pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
+/// Builds the VM described by `config`, runs it to the end, and says why it ended and which
+/// exit code the guest chose, if it chose one.
+pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     check_config(config)?;
     let Inputs {
         kernel: mut kernel_file,
@@ -324,16 +331,36 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
     let Devices {
         io,
         serial,
-        reset_evt,
+        guest_stops,
+        guest_code,
         queue_handlers,
-        virtio_cmdline,
+        virtio_slots,
     } = create_devices(&vm, &mem, disks, taps)?;
-    for entry in virtio_cmdline {
-        cmdline.insert_str(entry).map_err(Error::Cmdline)?;
+    // Kernels without ACPI find the virtio devices on the command line, the others in the
+    // DSDT (for one with both, the second registration of a window fails harmlessly).
+    for slot in &virtio_slots {
+        cmdline
+            .insert_str(slot.cmdline_entry())
+            .map_err(Error::Cmdline)?;
     }
+    let acpi = AcpiConfig {
+        cpus,
+        virtio_mmio: virtio_slots
+            .iter()
+            .map(|slot| (slot.addr, slot.size, slot.irq))
+            .collect(),
+    };
+    let rsdp = acpi::setup_acpi(&mem, &acpi).map_err(|e| Error::BootStructures(e.into()))?;
 
-    params::configure_boot(&mem, &kernel, &cmdline, initrd.as_ref(), mem_size)
-        .map_err(|e| Error::BootStructures(e.into()))?;
+    params::configure_boot(
+        &mem,
+        &kernel,
+        &cmdline,
+        initrd.as_ref(),
+        mem_size,
+        Some(rsdp),
+    )
+    .map_err(|e| Error::BootStructures(e.into()))?;
     mptable::setup_mptable(&mem, cpus).map_err(|e| Error::BootStructures(e.into()))?;
     boot::gdt::write_gdt_and_idt(&mem).map_err(|e| Error::BootStructures(e.into()))?;
     paging::setup_identity_paging(&mem).map_err(|e| Error::BootStructures(e.into()))?;
@@ -344,8 +371,8 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
         .map_err(Error::EventLoop)?;
     manager.add_subscriber(Arc::new(Mutex::new(event_loop::ExitWatcher::new(
         exit.clone(),
-        reset_evt,
         signal_evt,
+        guest_stops,
     ))));
     manager.add_subscriber(Arc::new(Mutex::new(event_loop::StdinInput::new(serial))));
     for handler in queue_handlers {
@@ -370,21 +397,25 @@ pub fn run_vm(config: &VmConfig) -> Result<ExitReason, Error> {
     );
     // Guest memory is dropped only now, after every vCPU thread has ended.
     drop(mem);
-    Ok(exit
+    let reason = exit
         .reason()
-        .unwrap_or_else(|| ExitReason::Error("the VM stopped for no recorded reason".into())))
+        .unwrap_or_else(|| ExitReason::Error("the VM stopped for no recorded reason".into()));
+    Ok((reason, GuestExitCode::read(&guest_code)))
 }
 
-/// The legacy devices, and the handles the event loop needs to them.
+/// The devices, and the handles the event loop needs to them.
 struct Devices {
     io: Arc<IoBuses>,
     serial: Arc<Mutex<SerialDevice>>,
-    /// Written by the i8042 when the guest pulses the reset line.
-    reset_evt: EventFd,
+    /// The eventfds the guest ends the VM through, each with its reason: the i8042's reset
+    /// line, the ACPI power-off register, pvpanic.
+    guest_stops: Vec<(EventFd, ExitReason)>,
+    /// The exit code the guest chose through its port, if it wrote one.
+    guest_code: Arc<AtomicU16>,
     /// One per virtio device: runs its queues on the event loop.
     queue_handlers: Vec<devices::virtio::QueueHandler>,
-    /// `virtio_mmio.device=` entries for the kernel command line.
-    virtio_cmdline: Vec<String>,
+    /// Where each virtio device is (for the command line and the DSDT).
+    virtio_slots: Vec<crate::device_manager::MmioSlot>,
 }
 
 fn create_devices(
@@ -416,18 +447,41 @@ fn create_devices(
     )
     .map_err(bus_err("the serial port"))?;
 
-    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the i8042 reset line"))?;
-    let i8042 = I8042Device::new(
-        reset_evt
-            .try_clone()
-            .map_err(io_err("the i8042 reset line"))?,
-    );
+    // Each way the guest ends the VM: a device writes an eventfd the event loop watches.
+    let mut guest_stops = Vec::new();
+    let mut stop_event = |what: &'static str, reason: ExitReason| -> Result<EventFd, Error> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err(what))?;
+        guest_stops.push((evt.try_clone().map_err(io_err(what))?, reason));
+        Ok(evt)
+    };
+    let i8042 = I8042Device::new(stop_event("the i8042 reset line", ExitReason::Reset)?);
     pio.insert(
         Arc::new(Mutex::new(i8042)),
         u64::from(layout::I8042_PORT),
         devices::i8042::I8042_PORT_LEN,
     )
     .map_err(bus_err("the i8042 controller"))?;
+    let sleep = AcpiSleep::new(stop_event("the ACPI power-off", ExitReason::Poweroff)?);
+    pio.insert(
+        Arc::new(Mutex::new(sleep)),
+        u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+        1,
+    )
+    .map_err(bus_err("the ACPI sleep register"))?;
+    let pvpanic = PvPanic::new(stop_event("pvpanic", ExitReason::GuestPanic)?);
+    pio.insert(
+        Arc::new(Mutex::new(pvpanic)),
+        u64::from(layout::PVPANIC_PORT),
+        1,
+    )
+    .map_err(bus_err("pvpanic"))?;
+    let (exit_code_port, guest_code) = GuestExitCode::new();
+    pio.insert(
+        Arc::new(Mutex::new(exit_code_port)),
+        u64::from(layout::GUEST_EXIT_CODE_PORT),
+        1,
+    )
+    .map_err(bus_err("the guest exit code port"))?;
 
     let debug = DebugPort::new(Box::new(|value| {
         timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
@@ -472,9 +526,10 @@ fn create_devices(
     Ok(Devices {
         io,
         serial,
-        reset_evt,
+        guest_stops,
+        guest_code,
         queue_handlers,
-        virtio_cmdline: manager.cmdline_entries(),
+        virtio_slots: manager.into_slots(),
     })
 }
 

@@ -300,6 +300,104 @@ echo "VMM-EXIT sigterm $rc"
     );
 }
 
+/// Debian's own cloud kernel, built without an MP-table parser or virtio-mmio command-line
+/// devices, finds its CPUs, disk, network and serial port through vmm's ACPI tables; its
+/// power-off, its panic and the exit code it chooses end vmm with 0, 3 and that code.
+#[test]
+#[cfg_attr(
+    all(no_kvm, no_testhost),
+    ignore = "needs /dev/kvm or qemu-system-x86_64 (for the nested test host)"
+)]
+fn stock_cloud_kernel_uses_acpi_and_its_ends_set_the_exit_code() {
+    let Some(mode) = job_mode(
+        "stock_cloud_kernel_uses_acpi_and_its_ends_set_the_exit_code",
+        1,
+    ) else {
+        return;
+    };
+    let host = resource("build-testhost.sh");
+    let disk = common::scratch("acpi-disk.img");
+    let mut content = b"VMM-DISK-CONTENT".to_vec();
+    content.resize(1 << 20, 0);
+    std::fs::write(&disk, &content).unwrap();
+    let guest_cmd = "echo GUEST-DISK \\$(head -c 16 /dev/vda); \
+        ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up; \
+        ping -c 2 -W 5 10.0.2.1 && echo GUEST-PING-OK";
+    let run = Job::new("acpi")
+        .file("vmlinuz", &host.join("vmlinuz"))
+        .file("initrd.cpio.gz", &host.join("cloud-guest.cpio.gz"))
+        .file("disk.img", &disk)
+        .script(&format!(
+            r#"tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
+C="{JOB_CMDLINE}"
+V="./vmm --kernel vmlinuz --initrd initrd.cpio.gz --memory 256 --timings"
+$V --cpus 4 --drive path=disk.img --net tap=tap0 --cmdline "$C vmmcmd="{guest_cmd}""
+echo "VMM-EXIT devices $?"
+$V --cmdline "$C vmmcmd="poweroff -f"" 2> poweroff.err
+rc=$?; grep "guest stop\|guest exit" poweroff.err; echo "VMM-EXIT poweroff $rc"
+$V --cmdline "$C vmmcmd="echo c > /proc/sysrq-trigger"" 2> panic.err
+rc=$?; cat panic.err; echo "VMM-EXIT panic $rc"
+$V --cmdline "$C vmmcmd="exit 7""
+echo "VMM-EXIT code $?"
+"#
+        ))
+        .run(mode, LIMIT);
+    assert_eq!(run.exit, Some(0), "the job failed:\n{}", run.console);
+
+    let (out, code) = boot(&run, "devices");
+    assert!(out.contains("VMM-INIT-OK"), "{out}");
+    assert!(!out.contains("VMM-INSMOD-FAILED"), "{out}");
+    assert_eq!(
+        line_value(out, "VMM-CPUS-ONLINE "),
+        "0-3",
+        "four CPUs from the MADT"
+    );
+    assert_eq!(
+        line_value(out, "GUEST-DISK "),
+        "VMM-DISK-CONTENT",
+        "/dev/vda from the DSDT"
+    );
+    assert!(out.contains("GUEST-PING-OK"), "eth0 from the DSDT: {out}");
+    assert_eq!(code, 0, "{out}");
+
+    // Power-off through the FADT's sleep register ends vmm with 0 within 100 ms.
+    let (out, code) = boot(&run, "poweroff");
+    assert_eq!(code, 0, "{out}");
+    let at = |event: &str| -> f64 {
+        let line = out
+            .lines()
+            .find(|l| l.contains(event))
+            .unwrap_or_else(|| panic!("no {event:?} in:\n{out}"));
+        line.split("[vmm")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let requested = at("guest stop: the guest powered off (ACPI S5)");
+    let exited = at("guest exit");
+    assert!(
+        exited - requested <= 100.0,
+        "{} ms from the request to the exit",
+        exited - requested
+    );
+
+    // A panic (whatever panic= says) ends it with 3 and says so.
+    let (out, code) = boot(&run, "panic");
+    assert!(out.contains("guest kernel panic"), "{out}");
+    assert_eq!(code, 3, "{out}");
+
+    // The exit code of vmmcmd, passed through the guest exit-code port.
+    let (out, code) = boot(&run, "code");
+    assert!(out.contains("VMM-CMD-EXIT 7"), "{out}");
+    assert_eq!(code, 7, "{out}");
+    check_kernel_log(&run.console, 4);
+}
+
 /// The bytes of RAM the guest's e820 map (as the kernel prints it) says are usable.
 fn e820_usable_bytes(out: &str) -> u64 {
     out.lines()

@@ -170,6 +170,12 @@ pub const ACPI_SLEEP_STATUS_PORT: u16 = ACPI_SLEEP_CONTROL_PORT;
 /// describes it as `QEMU0001`, which Linux's pvpanic driver binds to). One byte.
 pub const PVPANIC_PORT: u16 = 0x505;
 
+/// The guest exit-code port, vmm's own: a guest writes one byte N here, and the VMM then ends
+/// with exit code N once the guest powers off or resets (for CI runs that boot a kernel to run
+/// tests). The guest tool `vmm-exit N` (resources/guest-tools/vmm-exit.c, built with this value
+/// by resources/lib.sh) does the write. One byte, next to pvpanic.
+pub const GUEST_EXIT_CODE_PORT: u16 = 0x506;
+
 /// One range `[start, end)` of guest memory that the VMM fills in at boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootRange {

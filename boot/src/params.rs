@@ -22,7 +22,7 @@ use crate::loader::{
     EntryPoint, InitrdRange, LoadedKernel, KERNEL_BOOT_FLAG_MAGIC, KERNEL_HDR_MAGIC,
 };
 use crate::memory::{e820_map, E820Entry};
-use crate::GuestMemoryMmap;
+use crate::{GuestAddress, GuestMemoryMmap};
 
 /// `type_of_loader`: 0xff, "undefined" boot loader (Documentation/x86/boot.rst, "type_of_loader").
 pub const KERNEL_LOADER_OTHER: u8 = 0xff;
@@ -87,16 +87,19 @@ pub fn configure_boot(
     cmdline: &Cmdline,
     initrd: Option<&InitrdRange>,
     mem_size: u64,
+    acpi_rsdp: Option<GuestAddress>,
 ) -> Result<(), Error> {
     let cmdline_len = write_cmdline(mem, kernel, cmdline)?;
     let map = e820_map(mem_size);
     match kernel.entry {
         EntryPoint::Long64(_) => {
-            let params = zero_page(kernel, cmdline_len, initrd, &map)?;
+            let mut params = zero_page(kernel, cmdline_len, initrd, &map)?;
+            // boot_params.acpi_rsdp_addr (protocol 2.14): the kernel need not scan for it.
+            params.acpi_rsdp_addr = acpi_rsdp.map_or(0, |a| a.0);
             LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, ZERO_PAGE_START), mem)
                 .map_err(Error::WriteZeroPage)
         }
-        EntryPoint::Pvh(_) => write_pvh_info(mem, initrd, &map),
+        EntryPoint::Pvh(_) => write_pvh_info(mem, initrd, &map, acpi_rsdp),
     }
 }
 
@@ -190,6 +193,7 @@ fn write_pvh_info(
     mem: &GuestMemoryMmap,
     initrd: Option<&InitrdRange>,
     map: &[E820Entry],
+    acpi_rsdp: Option<GuestAddress>,
 ) -> Result<(), Error> {
     if map.len() > PVH_MEMMAP_MAX_ENTRIES {
         return Err(Error::TooManyMemoryMapEntries {
@@ -212,6 +216,7 @@ fn write_pvh_info(
         cmdline_paddr: CMDLINE_START.0,
         memmap_paddr: PVH_MEMMAP_START.0,
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: acpi_rsdp.map_or(0, |a| a.0),
         ..Default::default()
     };
     let modules: Vec<hvm_modlist_entry> = initrd
@@ -268,7 +273,7 @@ mod tests {
         let mut i = TempFile::new(&[0x5a; 3000]);
         let initrd = load_initrd(&mem, i.file(), &kernel).unwrap();
         let text = "console=ttyS0 reboot=k panic=1";
-        configure_boot(&mem, &kernel, &cmdline(text), Some(&initrd), 64 * MIB).unwrap();
+        configure_boot(&mem, &kernel, &cmdline(text), Some(&initrd), 64 * MIB, None).unwrap();
 
         let params: boot_params = mem.read_obj(ZERO_PAGE_START).unwrap();
         let hdr = params.hdr;
@@ -310,7 +315,7 @@ mod tests {
         let kernel = load_kernel(&mem, k.file()).unwrap();
         assert_eq!(kernel.format, KernelFormat::Elf);
         // The memory map follows mem_size (here one that straddles the MMIO gap).
-        configure_boot(&mem, &kernel, &cmdline("quiet"), None, 5 << 30).unwrap();
+        configure_boot(&mem, &kernel, &cmdline("quiet"), None, 5 << 30, None).unwrap();
         let params: boot_params = mem.read_obj(ZERO_PAGE_START).unwrap();
         let hdr = params.hdr;
         assert_eq!({ hdr.kernel_alignment }, KERNEL_MIN_ALIGNMENT_BYTES);
@@ -320,6 +325,31 @@ mod tests {
         assert_eq!(params.e820_entries, 4);
         let e = params.e820_table;
         assert_eq!(({ e[3].addr }, { e[3].size }), (4 << 30, 2 << 30));
+    }
+
+    #[test]
+    fn the_acpi_rsdp_address_reaches_both_boot_protocols() {
+        let rsdp = GuestAddress(0xe_0000);
+        let mem = guest_mem(32 * MIB as usize);
+        let mut k = TempFile::new(&fake_bzimage(0x2000, 0x4000, 0));
+        let kernel = load_kernel(&mem, k.file()).unwrap();
+        configure_boot(&mem, &kernel, &cmdline("x"), None, 32 * MIB, Some(rsdp)).unwrap();
+        let params: boot_params = mem.read_obj(ZERO_PAGE_START).unwrap();
+        assert_eq!({ params.acpi_rsdp_addr }, rsdp.0);
+        configure_boot(&mem, &kernel, &cmdline("x"), None, 32 * MIB, None).unwrap();
+        let params: boot_params = mem.read_obj(ZERO_PAGE_START).unwrap();
+        assert_eq!(
+            { params.acpi_rsdp_addr },
+            0,
+            "no ACPI: the kernel is not told of any"
+        );
+
+        let mem = guest_mem(32 * MIB as usize);
+        let mut k = TempFile::new(&fake_elf(&[0xf4; 16], 0x20_0000, 16, Some(0x20_0000)));
+        let kernel = load_kernel(&mem, k.file()).unwrap();
+        configure_boot(&mem, &kernel, &cmdline("x"), None, 32 * MIB, Some(rsdp)).unwrap();
+        let info: hvm_start_info = mem.read_obj(PVH_INFO_START).unwrap();
+        assert_eq!(info.rsdp_paddr, rsdp.0);
     }
 
     #[test]
@@ -336,6 +366,7 @@ mod tests {
             &cmdline("console=hvc0"),
             Some(&initrd),
             32 * MIB,
+            None,
         )
         .unwrap();
 
@@ -377,7 +408,7 @@ mod tests {
         let mem = guest_mem(32 * MIB as usize);
         let mut k = TempFile::new(&fake_elf(&[0xf4; 16], 0x20_0000, 16, Some(0x20_0000)));
         let kernel = load_kernel(&mem, k.file()).unwrap();
-        configure_boot(&mem, &kernel, &cmdline("x"), None, 32 * MIB).unwrap();
+        configure_boot(&mem, &kernel, &cmdline("x"), None, 32 * MIB, None).unwrap();
         let info: hvm_start_info = mem.read_obj(PVH_INFO_START).unwrap();
         assert_eq!(info.nr_modules, 0);
         assert_eq!(info.modlist_paddr, 0);
@@ -391,20 +422,20 @@ mod tests {
         let bz = load_kernel(&mem, k.file()).unwrap();
         let long = "a".repeat(3000);
         assert!(matches!(
-            configure_boot(&mem, &bz, &cmdline(&long), None, 16 * MIB),
+            configure_boot(&mem, &bz, &cmdline(&long), None, 16 * MIB, None),
             Err(Error::CmdlineTooLong {
                 len: 3000,
                 max: 2047
             })
         ));
         let ok = "a".repeat(2047);
-        configure_boot(&mem, &bz, &cmdline(&ok), None, 16 * MIB).unwrap();
+        configure_boot(&mem, &bz, &cmdline(&ok), None, 16 * MIB, None).unwrap();
 
         // An ELF kernel is limited by the VMM's command line area.
         let mut k = TempFile::new(&fake_elf(&[0xf4; 16], 0x20_0000, 16, None));
         let elf = load_kernel(&mem, k.file()).unwrap();
         let huge = "b".repeat(CMDLINE_MAX_SIZE);
-        let err = configure_boot(&mem, &elf, &cmdline(&huge), None, 16 * MIB).unwrap_err();
+        let err = configure_boot(&mem, &elf, &cmdline(&huge), None, 16 * MIB, None).unwrap_err();
         assert!(
             matches!(err, Error::CmdlineTooLong { max: 0xffff, .. }),
             "{err}"
@@ -421,7 +452,7 @@ mod tests {
             size: 0x2000,
         };
         assert!(matches!(
-            configure_boot(&mem, &kernel, &cmdline("x"), Some(&initrd), 16 * MIB),
+            configure_boot(&mem, &kernel, &cmdline("x"), Some(&initrd), 16 * MIB, None),
             Err(Error::InitrdAbove4G { .. })
         ));
         assert!(mem.last_addr() < GuestAddress(0xffff_f000));

@@ -8,6 +8,8 @@
 //! - [`serial`]: the 16550 UART console (COM1), on top of `vm_superio::Serial`.
 //! - [`i8042`]: the one bit of the PS/2 controller a guest needs to reboot (`reboot=k`).
 //! - [`debug_port`]: port 0x80, where a guest writes a byte to mark a boot milestone.
+//! - [`power`]: ACPI power-off (the sleep control register), pvpanic, and the exit code a guest
+//!   chooses for the VMM.
 //! - [`virtio`]: the virtio-mmio transport, the virtio-blk device and the virtio-net device
 //!   on a TAP interface (virtio 1.2 §4.2, §5.2, §5.1), and the event-loop subscriber that runs
 //!   their queues ([`virtio::QueueHandler`], on `event-manager`).
@@ -16,6 +18,7 @@ pub mod bus;
 pub mod debug_port;
 pub mod i8042;
 pub mod interrupt;
+pub mod power;
 pub mod serial;
 pub mod virtio;
 
