@@ -331,13 +331,13 @@ fn stock_cloud_kernel_uses_acpi_and_its_ends_set_the_exit_code() {
             r#"tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
 C="{JOB_CMDLINE}"
 V="./vmm --kernel vmlinuz --initrd initrd.cpio.gz --memory 256 --timings"
-$V --cpus 4 --drive path=disk.img --net tap=tap0 --cmdline "$C vmmcmd="{guest_cmd}""
+$V --cpus 4 --drive path=disk.img --net tap=tap0 --cmdline "$C vmmcmd=\"{guest_cmd}\""
 echo "VMM-EXIT devices $?"
-$V --cmdline "$C vmmcmd="poweroff -f"" 2> poweroff.err
+$V --cmdline "$C vmmcmd=\"poweroff -f\"" 2> poweroff.err
 rc=$?; grep "guest stop\|guest exit" poweroff.err; echo "VMM-EXIT poweroff $rc"
-$V --cmdline "$C vmmcmd="echo c > /proc/sysrq-trigger"" 2> panic.err
+$V --cmdline "$C vmmcmd=\"echo c > /proc/sysrq-trigger\"" 2> panic.err
 rc=$?; cat panic.err; echo "VMM-EXIT panic $rc"
-$V --cmdline "$C vmmcmd="exit 7""
+$V --cmdline "$C vmmcmd=\"exit 7\""
 echo "VMM-EXIT code $?"
 "#
         ))
