@@ -3,7 +3,7 @@
 //! The boot path, in order: [`cli`] parses the options into a [`config::VmConfig`];
 //! [`runner::run_vm`] opens KVM and creates the VM ([`vm`]), maps guest memory and loads the
 //! kernel (the `boot` crate), creates the devices (the `devices` crate, wired to KVM by
-//! [`device_manager`]) and the vCPUs ([`vcpu`], with [`cpuid`]), then runs the [`event_loop`]
+//! [`device_manager`]) and the vCPUs ([`vcpus`] runs [`vcpu`]s, with [`cpuid`], on their threads), then runs the [`event_loop`]
 //! on the main thread until the VM stops ([`exit`]). The arrows go one way: CLI → runner →
 //! vCPU, devices, boot.
 
@@ -20,4 +20,5 @@ pub mod signals;
 pub mod terminal;
 pub mod timeline;
 pub mod vcpu;
+pub mod vcpus;
 pub mod vm;

@@ -6,11 +6,9 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU16;
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use boot::acpi::{self, AcpiConfig};
-use boot::loader::EntryPoint;
 use boot::{layout, loader, memory, mptable, paging, params};
 use devices::debug_port::DebugPort;
 use devices::i8042::I8042Device;
@@ -25,13 +23,12 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::Killable;
 
 use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::exit::{ExitReason, VmExit};
-use crate::vcpu::{self, Vcpu};
+use crate::vcpu;
 use crate::vm::{self, Vm};
-use crate::{cpuid, event_loop, signals, timeline};
+use crate::{event_loop, signals, timeline, vcpus};
 
 /// Errors while building or running a VM. `exit_code()` tells usage errors (2) from runtime
 /// errors (1).
@@ -299,7 +296,10 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     // and each sets up its vCPU as soon as the VM exists (the kernel is loaded before it, so
     // its entry point is known by then), while this thread builds the devices and the boot
     // structures.
-    let vcpus = spawn_vcpus(&mem, &exit, cpus)?;
+    let vcpu_threads = vcpus::spawn(&mem, &exit, cpus).map_err(|source| Error::Io {
+        what: "a vCPU thread",
+        source,
+    })?;
     let kernel =
         loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
             path: config.kernel.clone(),
@@ -324,10 +324,7 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         });
     }
     let vm = Arc::new(vm);
-    for thread in &vcpus.0 {
-        // A thread that is gone says why when it is waited for.
-        let _ = thread.setup.send((vm.clone(), kernel.entry));
-    }
+    vcpu_threads.setup(&vm, kernel.entry);
     let Devices {
         io,
         serial,
@@ -383,12 +380,12 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         what: "the terminal (raw mode)",
         source,
     })?;
-    let threads = start_vcpus(vcpus, &io)?;
+    let threads = vcpus::start(vcpu_threads, &io)?;
 
     while !exit.stopping() {
         manager.run().map_err(Error::EventLoop)?;
     }
-    stop_vcpus(threads);
+    vcpus::stop(threads);
     timeline::mark("guest exit");
     log::info!(
         "accesses to no device: {} port I/O (read as 0xff), {} MMIO",
@@ -531,123 +528,4 @@ fn create_devices(
         queue_handlers,
         virtio_slots: manager.into_slots(),
     })
-}
-
-/// A vCPU thread, started before the VM exists. Sent the VM and the kernel's entry point, it
-/// creates and configures its vCPU and says how that went; sent the buses, it runs the vCPU.
-/// It ends without running if either sender goes away first.
-struct VcpuThread {
-    index: u8,
-    handle: JoinHandle<()>,
-    setup: mpsc::Sender<(Arc<Vm>, EntryPoint)>,
-    configured: mpsc::Receiver<Result<(), vcpu::Error>>,
-    go: mpsc::Sender<Arc<IoBuses>>,
-}
-
-/// The vCPU threads not yet let run; dropped (on an error path), they end and are joined.
-struct VcpuThreads(Vec<VcpuThread>);
-
-impl Drop for VcpuThreads {
-    fn drop(&mut self) {
-        for thread in self.0.drain(..) {
-            drop(thread.setup);
-            drop(thread.go);
-            if thread.handle.join().is_err() {
-                log::error!("vCPU thread {} panicked", thread.index);
-            }
-        }
-    }
-}
-
-/// Starts one thread per vCPU; vCPU 0 is the boot processor.
-fn spawn_vcpus(mem: &GuestMemoryMmap, exit: &Arc<VmExit>, cpus: u8) -> Result<VcpuThreads, Error> {
-    let mut threads = VcpuThreads(Vec::with_capacity(usize::from(cpus)));
-    for index in 0..cpus {
-        let (mem, exit) = (mem.clone(), exit.clone());
-        let (setup, setup_rx) = mpsc::channel::<(Arc<Vm>, EntryPoint)>();
-        let (configured_tx, configured) = mpsc::channel();
-        let (go, go_rx) = mpsc::channel::<Arc<IoBuses>>();
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || {
-                let Ok((vm, entry)) = setup_rx.recv() else {
-                    return;
-                };
-                let vcpu = Vcpu::new(&vm.fd, index).and_then(|vcpu| {
-                    let cpuid = cpuid::normalize(&vm.supported_cpuid, index, cpus);
-                    vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
-                    Ok(vcpu)
-                });
-                drop(vm);
-                let vcpu = match vcpu {
-                    Ok(vcpu) => {
-                        let _ = configured_tx.send(Ok(()));
-                        vcpu
-                    }
-                    Err(e) => {
-                        let _ = configured_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let Ok(io) = go_rx.recv() else {
-                    return;
-                };
-                if index == 0 {
-                    timeline::mark("first vCPU entry");
-                }
-                vcpu.run(io, mem, exit)
-            });
-        match spawned {
-            Ok(handle) => threads.0.push(VcpuThread {
-                index,
-                handle,
-                setup,
-                configured,
-                go,
-            }),
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "a vCPU thread",
-                    source,
-                })
-            }
-        }
-    }
-    Ok(threads)
-}
-
-/// Waits until every vCPU is configured, then lets them all run; on any failure, ends them
-/// all without running and returns the first error.
-fn start_vcpus(mut threads: VcpuThreads, io: &Arc<IoBuses>) -> Result<Vec<JoinHandle<()>>, Error> {
-    for thread in &threads.0 {
-        // A closed channel: the thread ended (panicked) before it could say.
-        let result = thread.configured.recv().unwrap_or(Err(vcpu::Error::Thread {
-            index: thread.index,
-        }));
-        result?;
-    }
-    timeline::mark("vCPUs configured");
-    Ok(std::mem::take(&mut threads.0)
-        .into_iter()
-        .map(|thread| {
-            // A thread that is gone has already said why through `configured`.
-            let _ = thread.go.send(io.clone());
-            thread.handle
-        })
-        .collect())
-}
-
-/// Kicks every vCPU thread out of `KVM_RUN` once (the exit reason is already recorded, and
-/// the kick sets `immediate_exit`: see [`crate::vcpu`]), then joins them.
-fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
-    for thread in threads.iter().filter(|t| !t.is_finished()) {
-        if let Err(e) = thread.kill(vcpu::kick_signal()) {
-            log::warn!("cannot kick a vCPU thread: {e}");
-        }
-    }
-    for thread in threads {
-        if thread.join().is_err() {
-            log::error!("a vCPU thread panicked");
-        }
-    }
 }
