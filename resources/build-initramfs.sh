@@ -39,7 +39,7 @@ fi
 for applet in sh mount echo cat reboot poweroff sleep uname; do
     ln -s busybox "$root/bin/$applet"
 done
-build_vmm_exit "$root/bin/vmm-exit"
+install_guest_tools "$root/bin"
 
 cat > "$root/init" <<'INIT'
 #!/bin/sh
@@ -50,13 +50,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 echo "VMM-INIT-OK uptime=$(cat /proc/uptime)"
 echo "VMM-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)"
-if [ -n "${vmmcmd:-}" ]; then
-    echo "VMM-CMD-START"
-    sh -c "$vmmcmd"
-    rc=$?
-    echo "VMM-CMD-EXIT $rc"
-    vmm-exit $rc
-fi
+vmm-run-cmd
 reboot -f
 # Only reached if the reboot failed.
 poweroff -f

@@ -29,7 +29,7 @@ for applet in sh mount umount echo cat ls reboot poweroff sleep uname sync mkdir
         ifconfig ip route ping nc sha256sum dd httpd wget dmesg; do
     ln -s busybox "$root/bin/$applet"
 done
-build_vmm_exit "$root/bin/vmm-exit"
+install_guest_tools "$root/bin"
 basename "$out" .ext4 | sed 's/^rootfs-/vmm-rootfs /' > "$root/etc/vmm-rootfs-id"
 cat > "$root/sbin/init" <<'INIT'
 #!/bin/sh
@@ -39,13 +39,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 echo "VMM-ROOTFS-OK $(cat /etc/vmm-rootfs-id)"
-if [ -n "${vmmcmd:-}" ]; then
-    echo "VMM-CMD-START"
-    sh -c "$vmmcmd"
-    rc=$?
-    echo "VMM-CMD-EXIT $rc"
-    vmm-exit $rc
-fi
+vmm-run-cmd
 sync
 reboot -f
 INIT

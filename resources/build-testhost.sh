@@ -34,7 +34,7 @@ fi
 kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
 bver=$(dpkg-query -W -f='${Version}' busybox-static)
 key=$( (echo "$kpkg $kver busybox-static $bver port $(guest_exit_port)"
-    cat "$here/build-testhost.sh" "$here/guest-tools/vmm-exit.c") | sha256sum | cut -c1-16)
+    cat "$here/build-testhost.sh" "$here"/guest-tools/*) | sha256sum | cut -c1-16)
 out="$VMM_CACHE/testhost-$key"
 if [ -f "$out/vmlinuz" ] && [ -f "$out/base.cpio" ] && [ -f "$out/cloud-guest.cpio.gz" ]; then
     echo "$out"
@@ -50,21 +50,29 @@ dpkg-deb -x "$tmp"/"$kpkg"_*.deb "$tmp/pkg"
 release=${kpkg#linux-image-}
 moddir="$tmp/pkg/lib/modules/$release/kernel"
 
+# busybox_root DIR MODULE...: a root file system in DIR with busybox-static (every applet
+# linked), /dev/console, and the package's MODULEs (paths under kernel/, without .ko, in load
+# order: each after what `modinfo -F depends` says it needs), listed in lib/modules/order.
+busybox_root() {
+    local dir=$1 m applet
+    shift
+    mkdir -p "$dir"/{bin,dev,proc,sys,tmp,lib/modules}
+    cp /bin/busybox "$dir/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$dir/bin/$applet"
+    done
+    for m in "$@"; do
+        cp "$moddir/$m.ko" "$dir/lib/modules/"
+        echo "${m##*/}" >> "$dir/lib/modules/order"
+    done
+    mknod -m 600 "$dir/dev/console" c 5 1
+}
+
 root="$tmp/root"
-mkdir -p "$root"/{bin,dev,proc,sys,tmp,job,out,lib/modules}
-cp /bin/busybox "$root/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
-done
-# In load order (each after what it depends on, as `modinfo -F depends` says).
-modules="virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun
-    drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev
-    drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk"
-for m in $modules; do
-    cp "$moddir/$m.ko" "$root/lib/modules/"
-done
-echo "$modules" | xargs -n1 basename > "$root/lib/modules/order"
-mknod -m 600 "$root/dev/console" c 5 1
+busybox_root "$root" virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun \
+    drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+    drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk
+mkdir -p "$root/job" "$root/out"
 
 # job.sh runs in /job with OUT=/out. The protocol with resources/testhost.sh, on the serial
 # console:
@@ -101,20 +109,10 @@ chmod 0755 "$root/init"
 
 # The stock kernel as a guest of vmm: it finds its devices and CPUs through ACPI alone.
 guest="$tmp/guest"
-mkdir -p "$guest"/{bin,dev,proc,sys,tmp,lib/modules}
-cp /bin/busybox "$guest/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$guest/bin/$applet"
-done
-build_vmm_exit "$guest/bin/vmm-exit"
-guest_modules="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio
-    drivers/block/virtio_blk net/core/failover drivers/net/net_failover drivers/net/virtio_net
-    drivers/misc/pvpanic/pvpanic drivers/misc/pvpanic/pvpanic-mmio"
-for m in $guest_modules; do
-    cp "$moddir/$m.ko" "$guest/lib/modules/"
-done
-echo "$guest_modules" | xargs -n1 basename > "$guest/lib/modules/order"
-mknod -m 600 "$guest/dev/console" c 5 1
+busybox_root "$guest" drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio \
+    drivers/block/virtio_blk net/core/failover drivers/net/net_failover drivers/net/virtio_net \
+    drivers/misc/pvpanic/pvpanic drivers/misc/pvpanic/pvpanic-mmio
+install_guest_tools "$guest/bin"
 cat > "$guest/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin
@@ -127,13 +125,7 @@ for m in $(cat /lib/modules/order); do
 done
 echo "VMM-INIT-OK uptime=$(cat /proc/uptime)"
 echo "VMM-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)"
-if [ -n "${vmmcmd:-}" ]; then
-    echo "VMM-CMD-START"
-    sh -c "$vmmcmd"
-    rc=$?
-    echo "VMM-CMD-EXIT $rc"
-    vmm-exit $rc
-fi
+vmm-run-cmd
 reboot -f
 INIT
 chmod 0755 "$guest/init"

@@ -25,7 +25,7 @@ busybox_artifact() {
     local ver key
     ver=$(dpkg-query -W -f='${Version}' busybox-static)
     key=$( (echo "busybox-static $ver port $(guest_exit_port)"; cat "$3" \
-        "$(dirname "${BASH_SOURCE[0]}")/guest-tools/vmm-exit.c") | sha256sum | cut -c1-16)
+        "$(dirname "${BASH_SOURCE[0]}")"/guest-tools/*) | sha256sum | cut -c1-16)
     echo "$VMM_CACHE/$1-$key.$2"
 }
 
@@ -35,12 +35,14 @@ guest_exit_port() {
         "$(dirname "${BASH_SOURCE[0]}")/../boot/src/layout.rs"
 }
 
-# build_vmm_exit OUT: compiles the guest's `vmm-exit N` (resources/guest-tools/vmm-exit.c)
-# statically into OUT.
-build_vmm_exit() {
-    local port
+# install_guest_tools BINDIR: puts vmm's guest tools into a guest image's BINDIR: `vmm-exit N`
+# (resources/guest-tools/vmm-exit.c, compiled statically with the port from layout.rs) and
+# `vmm-run-cmd`, which runs `vmmcmd="…"` and passes its status through vmm-exit.
+install_guest_tools() {
+    local port tools
     port=$(guest_exit_port)
+    tools="$(dirname "${BASH_SOURCE[0]}")/guest-tools"
     [ -n "$port" ] || { echo "error: no GUEST_EXIT_CODE_PORT in boot/src/layout.rs" >&2; return 1; }
-    gcc -static -O2 -s -DVMM_EXIT_PORT="$port" -o "$1" \
-        "$(dirname "${BASH_SOURCE[0]}")/guest-tools/vmm-exit.c"
+    gcc -static -O2 -s -DVMM_EXIT_PORT="$port" -o "$1/vmm-exit" "$tools/vmm-exit.c"
+    install -m 0755 "$tools/vmm-run-cmd" "$1/vmm-run-cmd"
 }
