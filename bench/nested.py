@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Benchmark in the test host: vmm against QEMU microvm, both on the same L1's kvm-amd.
+
+Boots the test host (resources/testhost.sh: a Linux VM under QEMU TCG whose kernel has a
+kvm-amd /dev/kvm) and inside it runs RUNS alternating rounds of vmm and of QEMU
+microvm (this machine's qemu-system-x86_64 and its shared libraries, copied in and started
+through their own dynamic loader). Every guest gets 128 MiB and 1 vCPU. Prints a Markdown
+table like bench/compare.py's (median (min–max) per VMM, ratio of medians vmm/QEMU), then
+each run's spawn time with vmm's own --timings breakdown (kernel and initrd loaded, first
+vCPU entry, first serial byte, in ms since vmm started) and the guest's /proc/uptime at
+/init (the guest's own clock, which is unreliable that early under nested TCG: under QEMU
+the printk timestamps even stand still for a while; so it is shown per run, for vmm's runs
+against each other, and not compared in the table). Rows:
+
+  spawn        spawn → `VMM-INIT-OK` on the guest console: the PVH vmlinux and the default
+               initramfs (resources/build-initramfs.sh), cmdline `console=ttyS0 reboot=k
+               panic=-1 quiet`; timed in L1 by bench/nested/spawn-until.c (CLOCK_MONOTONIC)
+  blk-*        virtio-blk through the Linux driver: the root disk (resources/build-rootfs.sh,
+               with bench/nested/iobench.c added) plus a raw data disk of BLK_MB MiB
+               (/dev/vdb, a file in L1's tmpfs); in the guest `iobench blk` with O_DIRECT,
+               one request in flight: sequential write of BLK_MB MiB in 1 MiB requests and
+               fdatasync, sequential read of it back, then BLK_OPS 4 KiB reads at
+               pseudo-random offsets; timed in the guest (kvm-clock)
+  net-rx       TCP L1 → guest over virtio-net and a TAP in L1 (10.0.2.1/24): the guest GETs a
+               NET_MB MiB file from busybox httpd in L1 (`iobench get`, connect to EOF)
+  net-tx       TCP guest → L1: the guest sends NET_TX_MB MiB to `iobench sink` in L1, waits
+               for it to close (`iobench put`)
+  The blk and net rows come from one root-disk boot per VMM and run.
+
+QEMU's flags: -M microvm,x-option-roms=off,rtc=off,isa-serial=on,pic=off,pit=off,acpi=off
+-enable-kvm -cpu host (compare.py's, with -cpu host), -device i8042 and -no-reboot so the
+guest's reset ends it, -L with just qboot.rom, virtio-mmio.force-legacy=false, vhost=off.
+
+Runs go PER_BOOT to a test-host boot (each boot first does one warm-up spawn of each VMM,
+not counted); a boot whose console goes quiet for STALL seconds is stopped and run again.
+
+Usage: bench/nested.py [--runs N] [--per-boot N] [--only spawn,io] [--vmm PATH] [--keep DIR]
+"""
+
+import argparse
+import os
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(ROOT, "bench", "nested")
+MEM_MIB = 128
+GUEST_MAC = "52:54:00:12:34:56"
+CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
+QEMU_BIN = "/usr/bin/qemu-system-x86_64"
+QEMU_FIRMWARE = ["/usr/share/qemu/qboot.rom"]  # microvm's BIOS (bios-microvm.bin links to it)
+
+# The job, run by busybox sh in L1 (in /job, OUT=/out). @NAME@ are filled in below.
+JOB = r"""#!/bin/sh
+FIRST=@FIRST@
+LAST=@LAST@
+ONLY="@ONLY@"
+C="@CMDLINE@"
+MEM=@MEM@
+Q="./lib/ld-linux-x86-64.so.2 --library-path ./lib ./qemu-system-x86_64 -L ./fw"
+QM="-M microvm,x-option-roms=off,rtc=off,isa-serial=on,pic=off,pit=off,acpi=off -enable-kvm -cpu host -smp 1 -m $MEM -nodefaults -no-user-config -display none -serial stdio -no-reboot -device i8042"
+QV="-global virtio-mmio.force-legacy=false"
+echo "BENCH-L1 $(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+echo "BENCH-QEMU $($Q --version | head -1)"
+
+tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
+mkdir -p www && dd if=/dev/urandom of=www/blob bs=1M count=@NET_MB@ 2>/dev/null
+httpd -p 10.0.2.1:8080 -h www
+dd if=/dev/zero of=data.img bs=1M count=@BLK_MB@ 2>/dev/null
+GUESTCMD="ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up; iobench blk /dev/vdb @BLK_MB@ 1024 @BLK_OPS@; iobench get 10.0.2.1 8080 blob; iobench put 10.0.2.1 9000 @NET_TX_MB@"
+
+spawn() {  # spawn VMM RUN
+    log=$OUT/spawn-$1-$2
+    if [ $1 = vmm ]; then
+        t=$(./spawn-until -o $log.log -t 120 VMM-INIT-OK ./vmm --timings --kernel vmlinux \
+            --initrd initramfs.cpio.gz --memory $MEM --cpus 1 --cmdline "$C" 2>$log.err)
+    else
+        t=$(./spawn-until -o $log.log -t 120 VMM-INIT-OK $Q $QM -kernel vmlinux \
+            -initrd initramfs.cpio.gz -append "$C" 2>$log.err)
+    fi
+    rc=$?
+    echo "BENCH $1 $2 spawn $t rc=$rc $(grep -a -o 'VMM-INIT-OK uptime=[0-9.]*' $log.log)"
+}
+
+io() {  # io VMM RUN
+    log=$OUT/io-$1-$2
+    cp rootfs.ext4 root.img
+    ./iobench sink 9000 > sink.log &
+    sink=$!
+    if [ $1 = vmm ]; then
+        ./spawn-until -o $log.log -t 300 VMM-CMD-EXIT ./vmm --kernel vmlinux --memory $MEM \
+            --cpus 1 --rootfs root.img --drive path=data.img --net tap=tap0,mac=@MAC@ \
+            --cmdline "$C vmmcmd=\"$GUESTCMD\"" >/dev/null 2>$log.err
+    else
+        ./spawn-until -o $log.log -t 300 VMM-CMD-EXIT $Q $QM $QV \
+            -drive id=d0,file=root.img,format=raw,if=none -device virtio-blk-device,drive=d0 \
+            -drive id=d1,file=data.img,format=raw,if=none -device virtio-blk-device,drive=d1 \
+            -netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off \
+            -device virtio-net-device,netdev=n0,mac=@MAC@ \
+            -kernel vmlinux -append "$C root=/dev/vda rw vmmcmd=\"$GUESTCMD\"" \
+            >/dev/null 2>$log.err
+    fi
+    rc=$?
+    kill $sink 2>/dev/null; wait $sink 2>/dev/null
+    tr -d '\r' < $log.log | grep -a '^IOBENCH' | while read -r line; do
+        echo "BENCH $1 $2 io rc=$rc $line"
+    done
+    grep -a 'IOBENCH' sink.log | sed "s/^/BENCH $1 $2 io rc=$rc /"
+}
+
+# Warm-up, not counted (run 0): the first boot of each VMM in a fresh test host also pays
+# for TCG translating its code and for L1's first page faults.
+for v in vmm qemu; do
+    case ",$ONLY," in *,spawn,*) spawn $v 0 ;; esac
+done
+i=$FIRST
+while [ $i -le $LAST ]; do
+    # Alternate which VMM goes first, so neither always runs on a warmer machine.
+    if [ $((i % 2)) = 1 ]; then order="vmm qemu"; else order="qemu vmm"; fi
+    for v in $order; do
+        case ",$ONLY," in *,spawn,*) spawn $v $i ;; esac
+    done
+    for v in $order; do
+        case ",$ONLY," in *,io,*) io $v $i ;; esac
+    done
+    echo "BENCH-RUN $i done $(cut -d' ' -f1 /proc/uptime)"
+    i=$((i + 1))
+done
+"""
+
+
+def resource(script):
+    out = subprocess.run(["bash", os.path.join(ROOT, "resources", script)], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def copy_qemu(job):
+    """QEMU, every shared library ldd lists (the loader too), and the firmware microvm needs."""
+    os.makedirs(os.path.join(job, "lib"))
+    os.makedirs(os.path.join(job, "fw"))
+    shutil.copy(QEMU_BIN, job)
+    ldd = subprocess.run(["ldd", QEMU_BIN], check=True, stdout=subprocess.PIPE, text=True).stdout
+    for line in ldd.splitlines():
+        m = re.search(r"(/\S+) \(0x", line)
+        if m:
+            path = m.group(1)
+            shutil.copy(os.path.realpath(path), os.path.join(job, "lib", os.path.basename(path)))
+    for fw in QEMU_FIRMWARE:
+        shutil.copy(os.path.realpath(fw), os.path.join(job, "fw", os.path.basename(fw)))
+
+
+def build_job(job, args):
+    for name in ("spawn-until", "iobench"):
+        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", os.path.join(job, name),
+                        os.path.join(HERE, f"{name}.c")], check=True)
+    shutil.copy(args.vmm, os.path.join(job, "vmm"))
+    shutil.copy(os.path.join(resource("build-kernel.sh"), "vmlinux"), job)
+    shutil.copy(resource("build-initramfs.sh"), os.path.join(job, "initramfs.cpio.gz"))
+    # The root disk with iobench in /bin (debugfs: no mount, no root needed).
+    rootfs = os.path.join(job, "rootfs.ext4")
+    shutil.copy(resource("build-rootfs.sh"), rootfs)
+    subprocess.run(["debugfs", "-w", "-R", f"write {os.path.join(job, 'iobench')} /bin/iobench",
+                    rootfs], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["debugfs", "-w", "-R", "set_inode_field /bin/iobench mode 0100755", rootfs],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    copy_qemu(job)
+
+
+def write_job_script(job, args, first, last):
+    script = JOB
+    for key, value in {"FIRST": first, "LAST": last, "ONLY": args.only, "CMDLINE": CMDLINE,
+                       "MEM": MEM_MIB, "BLK_MB": args.blk_mb, "BLK_OPS": args.blk_ops,
+                       "NET_MB": args.net_mb, "NET_TX_MB": args.net_tx_mb, "MAC": GUEST_MAC}.items():
+        script = script.replace(f"@{key}@", str(value))
+    with open(os.path.join(job, "job.sh"), "w") as f:
+        f.write(script)
+
+
+def parse(console):
+    """{vmm|qemu: {row: [values]}}, per-run spawn details, and the L1 description lines."""
+    results = {"vmm": {}, "qemu": {}}
+    spawns = []
+    info = []
+    add = lambda name, key, value: results[name].setdefault(key, []).append(value)
+    for line in console.splitlines():
+        line = line.strip()
+        if line.startswith(("BENCH-L1 ", "BENCH-QEMU ")):
+            info.append(line)
+        if not line.startswith("BENCH "):
+            continue
+        f = line.split()
+        name, run, kind = f[1], int(f[2]), f[3]
+        if run < 1:
+            continue  # a warm-up run
+        if kind == "spawn":
+            found_ns, rc = int(f[4]), f[6]
+            if found_ns < 0 or rc != "rc=0":
+                raise RuntimeError(f"a spawn run failed: {line}")
+            up = [x.split("=", 1)[1] for x in f[7:] if x.startswith("uptime=")]
+            uptime = float(up[0]) if up else None
+            add(name, "spawn", found_ns / 1e6)
+            spawns.append((name, run, found_ns / 1e6, uptime))
+        elif kind == "io":
+            kv = dict(x.split("=", 1) for x in f[4:] if "=" in x)
+            if kv["rc"] != "0":
+                raise RuntimeError(f"an io run failed: {line}")
+            what = f[6]
+            if what == "blk":
+                if kv["errors"] != "0":
+                    raise RuntimeError(f"iobench blk reported errors: {line}")
+                mib, ops = int(kv["mib"]), int(kv["ops"])
+                add(name, "blk-write", mib / (int(kv["write_ns"]) / 1e9))
+                add(name, "blk-read", mib / (int(kv["read_ns"]) / 1e9))
+                add(name, "blk-4k", ops / (int(kv["rand_ns"]) / 1e9))
+            elif what in ("get", "put"):
+                add(name, "net-rx" if what == "get" else "net-tx",
+                    int(kv["bytes"]) / (1 << 20) / (int(kv["ns"]) / 1e9))
+            elif what == "sink":
+                add(name, "sink-bytes", int(kv["bytes"]))
+    return results, spawns, info
+
+
+def vmm_timeline(path):
+    """{phase: ms} from one vmm --timings stderr file."""
+    marks = {}
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = re.match(r"\[vmm +([0-9.]+) ms\] (.*)", line)
+                if m:
+                    marks.setdefault(m.group(2).strip(), float(m.group(1)))
+    except FileNotFoundError:
+        pass
+    return marks
+
+
+ROWS = [
+    ("spawn", "spawn → `VMM-INIT-OK` (PVH vmlinux + initramfs, `quiet`)", "ms"),
+    ("blk-write", "virtio-blk sequential write + fdatasync, 1 MiB O_DIRECT", "MiB/s"),
+    ("blk-read", "virtio-blk sequential read, 1 MiB O_DIRECT", "MiB/s"),
+    ("blk-4k", "virtio-blk 4 KiB random reads, O_DIRECT, 1 in flight", "req/s"),
+    ("net-rx", "TCP L1 → guest (HTTP GET from busybox httpd)", "MiB/s"),
+    ("net-tx", "TCP guest → L1", "MiB/s"),
+]
+
+
+def run_testhost(job, work, env, stall, limit, log):
+    """One test-host boot: (console, finished). Its console is copied to `log` as it comes;
+    the boot is stopped when nothing comes for `stall` seconds or after `limit` seconds."""
+    results_img = os.path.join(work, "results.tar")
+    with open(results_img, "wb") as f:
+        f.truncate(128 << 20)
+    proc = subprocess.Popen(["bash", os.path.join(ROOT, "resources", "testhost.sh"), job,
+                             results_img], env=env, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    console = b""
+    start = last = time.monotonic()
+    fd = proc.stdout.fileno()
+    with open(log, "ab") as f:
+        while True:
+            now = time.monotonic()
+            if now - last > stall or now - start > limit:
+                print(f"the test host stalled ({now - last:.0f} s without output); stopping it",
+                      file=sys.stderr)
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                break
+            r, _, _ = select.select([fd], [], [], 5)
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                console += chunk
+                f.write(chunk)
+                f.flush()
+                last = time.monotonic()
+    proc.wait()
+    text = console.decode(errors="replace")
+    finished = "TESTHOST-JOB-EXIT 0" in text
+    if finished:
+        subprocess.run(["tar", "-xf", results_img, "-C", os.path.join(work, "out")], check=False)
+    os.unlink(results_img)
+    return text, finished
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--per-boot", type=int, default=5,
+                    help="runs per test-host boot (each boot adds about 15 s)")
+    ap.add_argument("--only", default="spawn,io", help="comma-separated: spawn,io")
+    ap.add_argument("--blk-mb", type=int, default=32)
+    ap.add_argument("--blk-ops", type=int, default=200)
+    ap.add_argument("--net-mb", type=int, default=16, help="MiB L1 → guest")
+    ap.add_argument("--net-tx-mb", type=int, default=4, help="MiB guest → L1 (slower)")
+    ap.add_argument("--vmm", default=os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/vmm"))
+    ap.add_argument("--testhost-memory", type=int,
+                    default=int(os.environ.get("TESTHOST_MEMORY_MIB", "3072")))
+    ap.add_argument("--stall", type=int, default=180,
+                    help="seconds without console output after which a boot is retried")
+    ap.add_argument("--retries", type=int, default=2, help="retries of a stalled boot")
+    ap.add_argument("--keep", default=None, help="keep the job's files and logs in this directory")
+    args = ap.parse_args()
+    if not os.path.exists(args.vmm):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+
+    work = args.keep or tempfile.mkdtemp(prefix="vmm-nested-bench.")
+    shutil.rmtree(work, ignore_errors=True)
+    job, out = os.path.join(work, "job"), os.path.join(work, "out")
+    os.makedirs(job)
+    os.makedirs(out)
+    build_job(job, args)
+    env = dict(os.environ, TESTHOST_MEMORY_MIB=str(args.testhost_memory), TESTHOST_CPUS="2")
+    console, boots, stalls = "", 0, 0
+    load_before = os.getloadavg()[0]
+    t0 = time.monotonic()
+    first = 1
+    while first <= args.runs:
+        last = min(first + args.per_boot - 1, args.runs)
+        write_job_script(job, args, first, last)
+        for attempt in range(args.retries + 1):
+            print(f"test-host boot for runs {first}–{last}", file=sys.stderr)
+            text, finished = run_testhost(job, work, env, args.stall,
+                                          120 + 120 * (last - first + 1),
+                                          os.path.join(work, "console.log"))
+            boots += 1
+            if finished:
+                console += text
+                break
+            stalls += 1
+            if attempt == args.retries:
+                sys.stderr.write(text[-4000:])
+                sys.exit(f"the test host job failed {attempt + 1} times; files in {work}")
+        first = last + 1
+    elapsed = time.monotonic() - t0
+
+    results, spawns, info = parse(console)
+    for name in ("vmm", "qemu"):
+        sink = results[name].pop("sink-bytes", [])
+        if any(b != args.net_tx_mb << 20 for b in sink):
+            sys.exit(f"{name}: the sink in L1 got {sink} bytes, not {args.net_tx_mb << 20}")
+
+    def fmt(vals):
+        return f"{statistics.median(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
+
+    print("| metric | unit | vmm median (min–max) | QEMU microvm median (min–max) | vmm/QEMU |")
+    print("|---|---|---|---|---|")
+    for key, label, unit in ROWS:
+        v, q = results["vmm"].get(key), results["qemu"].get(key)
+        if not v or not q:
+            continue
+        ratio = statistics.median(v) / statistics.median(q)
+        print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
+    retried = f", {stalls} of them stalled and were retried" if stalls else ""
+    print(f"\n{args.runs} runs each, alternating, in {boots} test-host boots{retried} "
+          f"({elapsed:.0f} s); guest "
+          f"{MEM_MIB} MiB, 1 vCPU; blk: {args.blk_mb} MiB, {args.blk_ops} 4 KiB reads; net: "
+          f"{args.net_mb} MiB L1 → guest, {args.net_tx_mb} MiB back; one warm-up spawn of each "
+          "VMM per boot, not counted.")
+    for line in dict.fromkeys(info):
+        print(line.split(" ", 1)[1])
+    print(f"{time.strftime('%Y-%m-%d')}; this machine: {os.cpu_count()} CPUs, load average "
+          f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after.")
+    for name in ("vmm", "qemu"):
+        vals = sorted(results[name].get("spawn", []))
+        if vals:
+            print(f"{name} spawn → VMM-INIT-OK, sorted (ms): " + " ".join(f"{v:.0f}" for v in vals))
+
+    if spawns:
+        print("\nEach spawn run (ms; vmm's phases from its --timings: kernel and initrd "
+              "loaded, first vCPU entry, first serial byte):")
+        print("| run | VMM | spawn → VMM-INIT-OK | guest uptime | loaded | entry | 1st byte |")
+        print("|---|---|---|---|---|---|---|")
+        for name, run, ms, uptime in sorted(spawns, key=lambda s: (s[1], s[0])):
+            marks = vmm_timeline(os.path.join(out, f"spawn-{name}-{run}.err")) if name == "vmm" else {}
+            cols = [marks.get("kernel and initrd loaded"), marks.get("first vCPU entry"),
+                    marks.get("first byte from the guest's serial port")]
+            cells = " | ".join("" if c is None else f"{c:.0f}" for c in cols)
+            up = "" if uptime is None else f"{uptime * 1000:.0f}"
+            print(f"| {run} | {name} | {ms:.0f} | {up} | {cells} |")
+    if args.keep:
+        print(f"\nconsole and logs: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
