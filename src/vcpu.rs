@@ -336,7 +336,15 @@ impl Vcpu {
                     io.mmio.read_or_ff(addr, data);
                     continue;
                 }
-                Ok(VcpuExit::Shutdown) => ExitReason::TripleFault { cpu },
+                Ok(VcpuExit::Shutdown) => {
+                    // A reset for guests that reboot this way (Linux's `reboot=t`), and the
+                    // only trace of a fatal fault for the others: say where it happened.
+                    log::warn!(
+                        "vCPU {cpu} triple-faulted (KVM_EXIT_SHUTDOWN) at {}",
+                        self.where_and_bytes(&mem)
+                    );
+                    ExitReason::TripleFault { cpu }
+                }
                 Ok(VcpuExit::SystemEvent(kind, _)) => ExitReason::SystemEvent { cpu, kind },
                 Ok(VcpuExit::Hlt) => {
                     // With the in-kernel LAPIC, KVM handles HLT itself; an HLT exit means

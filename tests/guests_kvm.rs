@@ -156,6 +156,13 @@ fn triple_fault_exits_cleanly() {
     assert!(!run.timed_out, "timed out: {run:?}");
     assert_eq!(run.stdout_str(), "triple: faulting\n");
     assert_eq!(run.code(), Some(0), "stderr: {}", run.stderr);
+    // The only trace of a fatal fault for most guests: which vCPU, and where.
+    assert!(
+        run.stderr
+            .contains("vCPU 0 triple-faulted (KVM_EXIT_SHUTDOWN) at RIP "),
+        "stderr: {}",
+        run.stderr
+    );
 }
 
 #[test]
