@@ -69,6 +69,18 @@ pub struct Cli {
     /// and each byte the guest writes to the debug port 0x80.
     #[arg(long)]
     pub timings: bool,
+
+    /// Serve the control API on a Unix socket at PATH (created with mode 0600, removed when
+    /// the VMM ends; a stale socket there is replaced): HTTP/1.1 and JSON, e.g.
+    /// `curl --unix-socket PATH http://localhost/vm`. Endpoints: GET /vm, GET /vm/exits,
+    /// PUT /vm/pause, PUT /vm/resume, PUT /vm/stop.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
+    /// Print the vCPU exit statistics (by reason and by device, with the time spent handling
+    /// them) on stderr when the VM ends.
+    #[arg(long)]
+    pub exit_stats: bool,
 }
 
 /// The longest disk id virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
@@ -142,6 +154,28 @@ mod tests {
         assert_eq!(cli.cmdline, DEFAULT_CMDLINE);
         assert!(cli.initrd.is_none());
         assert!(!cli.timings);
+        assert!(cli.api_socket.is_none());
+        assert!(!cli.exit_stats);
+    }
+
+    #[test]
+    fn api_socket_and_exit_stats() {
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--api-socket",
+            "/tmp/vmm.sock",
+            "--exit-stats",
+        ])
+        .unwrap();
+        assert_eq!(cli.api_socket, Some(PathBuf::from("/tmp/vmm.sock")));
+        assert!(cli.exit_stats);
+        assert_eq!(
+            parse(&["--kernel", "k", "--api-socket"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
     }
 
     #[test]

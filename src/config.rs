@@ -18,6 +18,10 @@ pub struct VmConfig {
     /// The first disk is the root file system: `root=/dev/vda rw|ro` goes on the command line.
     pub root_disk: bool,
     pub kvm_path: PathBuf,
+    /// Where to serve the control API (`--api-socket`).
+    pub api_socket: Option<PathBuf>,
+    /// Print the vCPU exit statistics on stderr when the VM ends (`--exit-stats`).
+    pub exit_stats: bool,
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).

@@ -91,13 +91,15 @@ pub struct DeviceManager {
 }
 
 impl DeviceManager {
-    /// Attaches `device`: maps its transport on `mmio`, wires its interrupt and queue
-    /// notifications through KVM, and returns the subscriber that runs its queues.
+    /// Attaches `device`, called `name` on the bus: maps its transport on `mmio`, wires its
+    /// interrupt and queue notifications through KVM, and returns the subscriber that runs its
+    /// queues.
     pub fn attach(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         mmio: &mut Bus,
+        name: String,
         device: Arc<Mutex<dyn VirtioDevice>>,
     ) -> Result<QueueHandler, Error> {
         let slot = MmioSlot::for_index(self.slots.len()).ok_or(Error::TooManyDevices)?;
@@ -120,7 +122,7 @@ impl DeviceManager {
                 })?;
         }
         let handler = transport.queue_handler().map_err(Error::Transport)?;
-        mmio.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.size)
+        mmio.insert(name, Arc::new(Mutex::new(transport)), slot.addr, slot.size)
             .map_err(|source| Error::Bus {
                 addr: slot.addr,
                 source,

@@ -22,6 +22,8 @@ pub enum ExitReason {
     SystemEvent { cpu: u8, kind: u32 },
     /// The VMM received SIGINT or SIGTERM.
     Signal(i32),
+    /// A client asked the API to stop the VM (`PUT /vm/stop`).
+    ApiStop,
     /// A vCPU could not go on: an emulation failure, a failed VM entry, an unexpected exit.
     /// The text is the whole message for the user.
     Error(String),
@@ -43,7 +45,7 @@ impl ExitReason {
             {
                 1
             }
-            ExitReason::Signal(_) => 0,
+            ExitReason::Signal(_) | ExitReason::ApiStop => 0,
             ExitReason::Reset
             | ExitReason::Poweroff
             | ExitReason::TripleFault { .. }
@@ -77,6 +79,7 @@ impl fmt::Display for ExitReason {
                 write!(f, "vCPU {cpu}: KVM_EXIT_SYSTEM_EVENT {name} (type {kind})")
             }
             ExitReason::Signal(sig) => write!(f, "received signal {sig}"),
+            ExitReason::ApiStop => write!(f, "stopped through the API (PUT /vm/stop)"),
             ExitReason::Error(msg) => f.write_str(msg),
         }
     }
@@ -150,6 +153,8 @@ mod tests {
         assert_eq!(ExitReason::Poweroff.exit_code(None), 0);
         assert_eq!(ExitReason::TripleFault { cpu: 0 }.exit_code(None), 0);
         assert_eq!(ExitReason::Signal(15).exit_code(None), 0);
+        assert_eq!(ExitReason::ApiStop.exit_code(None), 0);
+        assert_eq!(ExitReason::ApiStop.exit_code(Some(7)), 0);
         let shutdown = ExitReason::SystemEvent {
             cpu: 0,
             kind: kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN,

@@ -5,8 +5,10 @@
 //! kernel (the `boot` crate), creates the devices (the `devices` crate, wired to KVM by
 //! [`device_manager`]) and the vCPUs ([`vcpus`] runs [`vcpu`]s, with [`cpuid`], on their threads), then runs the [`event_loop`]
 //! on the main thread until the VM stops ([`exit`]). The arrows go one way: CLI → runner →
-//! vCPU, devices, boot.
+//! vCPU, devices, boot. [`api`] serves the control API (`--api-socket`) on that event loop;
+//! [`exit_stats`] counts the vCPUs' exits.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -15,6 +17,7 @@ pub mod device_manager;
 pub mod disk;
 pub mod event_loop;
 pub mod exit;
+pub mod exit_stats;
 pub mod runner;
 pub mod signals;
 pub mod terminal;

@@ -36,6 +36,8 @@ fn main() -> ExitCode {
         cmdline: cli.cmdline,
         memory_mib: cli.memory,
         cpus: cli.cpus,
+        api_socket: cli.api_socket,
+        exit_stats: cli.exit_stats,
         kvm_path: std::env::var_os("VMM_KVM_PATH")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KVM_PATH)),

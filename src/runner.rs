@@ -24,8 +24,10 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::api::{self, DeviceInfo};
 use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::exit::{ExitReason, VmExit};
+use crate::exit_stats::ExitStats;
 use crate::vcpu;
 use crate::vm::{self, Vm};
 use crate::{event_loop, signals, timeline, vcpus};
@@ -127,6 +129,8 @@ pub enum Error {
     },
     #[error("the event loop failed")]
     EventLoop(#[source] event_manager::Error),
+    #[error(transparent)]
+    ApiSocket(#[from] api::SocketError),
 }
 
 impl Error {
@@ -145,6 +149,7 @@ impl Error {
             | Error::Disk { .. }
             | Error::Block { .. }
             | Error::Tap { .. }
+            | Error::ApiSocket(_)
             | Error::Cmdline(_) => 2,
             _ => 1,
         }
@@ -188,6 +193,10 @@ fn check_config(config: &VmConfig) -> Result<(), Error> {
         mib: config.memory_mib,
         source,
     })?;
+    // The socket is created only once the vCPUs run; a path that cannot work fails now.
+    if let Some(path) = &config.api_socket {
+        api::socket::check_path(path)?;
+    }
     Ok(())
 }
 
@@ -332,6 +341,7 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         guest_code,
         queue_handlers,
         virtio_slots,
+        device_infos,
     } = create_devices(&vm, &mem, disks, taps)?;
     // Kernels without ACPI find the virtio devices on the command line, the others in the
     // DSDT (for one with both, the second registration of a window fails harmlessly).
@@ -380,13 +390,60 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         what: "the terminal (raw mode)",
         source,
     })?;
-    let threads = vcpus::start(vcpu_threads, &io)?;
+    let stats = Arc::new(ExitStats::new(
+        usize::from(cpus),
+        io.pio.names(),
+        io.mmio.names(),
+    ));
+    let vcpus = vcpus::start(vcpu_threads, &io, &stats)?;
+    // The API comes up only now, off the path to the first vCPU entry. The socket file is
+    // removed when this guard drops, however run_vm ends.
+    let _api_socket_file = match &config.api_socket {
+        None => None,
+        Some(path) => {
+            let ctx = api::Context {
+                exit: exit.clone(),
+                control: vcpus.control(),
+                stats: stats.clone(),
+                vcpus: cpus,
+                memory_mib: config.memory_mib,
+                devices: device_infos,
+                started: std::time::Instant::now(),
+            };
+            let server =
+                api::socket::bind(path)
+                    .map_err(Error::from)
+                    .and_then(|(listener, file)| {
+                        let server =
+                            api::ApiServer::new(listener, ctx).map_err(|source| Error::Io {
+                                what: "the API server",
+                                source,
+                            })?;
+                        Ok((server, file))
+                    });
+            match server {
+                Ok((server, file)) => {
+                    manager.add_subscriber(Arc::new(Mutex::new(server)));
+                    timeline::mark("API socket listening");
+                    Some(file)
+                }
+                Err(e) => {
+                    exit.request(ExitReason::Error(e.to_string()));
+                    vcpus::stop(vcpus);
+                    return Err(e);
+                }
+            }
+        }
+    };
 
     while !exit.stopping() {
         manager.run().map_err(Error::EventLoop)?;
     }
-    vcpus::stop(threads);
+    vcpus::stop(vcpus);
     timeline::mark("guest exit");
+    if config.exit_stats {
+        eprint!("{}", stats.snapshot().table());
+    }
     log::info!(
         "accesses to no device: {} port I/O (read as 0xff), {} MMIO",
         io.pio.unhandled_accesses(),
@@ -413,6 +470,8 @@ struct Devices {
     queue_handlers: Vec<devices::virtio::QueueHandler>,
     /// Where each virtio device is (for the command line and the DSDT).
     virtio_slots: Vec<crate::device_manager::MmioSlot>,
+    /// The virtio devices, for the API.
+    device_infos: Vec<DeviceInfo>,
 }
 
 fn create_devices(
@@ -438,6 +497,7 @@ fn create_devices(
         Box::new(crate::console::ConsoleOutput::new()),
     )));
     pio.insert(
+        "serial",
         serial.clone(),
         u64::from(layout::COM1_PORT),
         devices::serial::SERIAL_PORT_LEN,
@@ -453,6 +513,7 @@ fn create_devices(
     };
     let i8042 = I8042Device::new(stop_event("the i8042 reset line", ExitReason::Reset)?);
     pio.insert(
+        "i8042",
         Arc::new(Mutex::new(i8042)),
         u64::from(layout::I8042_PORT),
         devices::i8042::I8042_PORT_LEN,
@@ -460,6 +521,7 @@ fn create_devices(
     .map_err(bus_err("the i8042 controller"))?;
     let sleep = AcpiSleep::new(stop_event("the ACPI power-off", ExitReason::Poweroff)?);
     pio.insert(
+        "acpi-sleep",
         Arc::new(Mutex::new(sleep)),
         u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
         1,
@@ -467,6 +529,7 @@ fn create_devices(
     .map_err(bus_err("the ACPI sleep register"))?;
     let pvpanic = PvPanic::new(stop_event("pvpanic", ExitReason::GuestPanic)?);
     pio.insert(
+        "pvpanic",
         Arc::new(Mutex::new(pvpanic)),
         u64::from(layout::PVPANIC_PORT),
         1,
@@ -474,6 +537,7 @@ fn create_devices(
     .map_err(bus_err("pvpanic"))?;
     let (exit_code_port, guest_code) = GuestExitCode::new();
     pio.insert(
+        "guest-exit-code",
         Arc::new(Mutex::new(exit_code_port)),
         u64::from(layout::GUEST_EXIT_CODE_PORT),
         1,
@@ -484,6 +548,7 @@ fn create_devices(
         timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
     }));
     pio.insert(
+        "debug-port",
         Arc::new(Mutex::new(debug)),
         u64::from(layout::DEBUG_PORT),
         devices::debug_port::DEBUG_PORT_LEN,
@@ -493,16 +558,30 @@ fn create_devices(
     let mut mmio = Bus::default();
     let mut manager = crate::device_manager::DeviceManager::default();
     let mut queue_handlers = Vec::new();
-    for (disk, file) in disks {
+    let mut device_infos = Vec::new();
+    for (index, (disk, file)) in disks.into_iter().enumerate() {
         let block = devices::virtio::block::Block::new(file, disk.read_only, disk.id.clone())
             .map_err(|source| Error::Block {
                 path: disk.path.clone(),
                 source,
             })?;
+        let name = disk_name(index);
         let handler = manager
-            .attach(&vm.fd, mem, &mut mmio, Arc::new(Mutex::new(block)))
+            .attach(
+                &vm.fd,
+                mem,
+                &mut mmio,
+                format!("virtio-blk:{name}"),
+                Arc::new(Mutex::new(block)),
+            )
             .map_err(Error::Virtio)?;
         queue_handlers.push(handler);
+        device_infos.push(DeviceInfo::Block {
+            name,
+            path: disk.path.display().to_string(),
+            read_only: disk.read_only,
+            id: disk.id,
+        });
     }
     for (eth, (net, tap)) in taps.into_iter().enumerate() {
         let mac = net
@@ -513,9 +592,20 @@ fn create_devices(
             tap.name(),
             devices::virtio::net::format_mac(&mac)
         );
+        device_infos.push(DeviceInfo::Net {
+            name: format!("eth{eth}"),
+            tap: tap.name().to_string(),
+            mac: devices::virtio::net::format_mac(&mac),
+        });
         let device = devices::virtio::net::Net::new(tap, mac);
         let handler = manager
-            .attach(&vm.fd, mem, &mut mmio, Arc::new(Mutex::new(device)))
+            .attach(
+                &vm.fd,
+                mem,
+                &mut mmio,
+                format!("virtio-net:eth{eth}"),
+                Arc::new(Mutex::new(device)),
+            )
             .map_err(Error::Virtio)?;
         queue_handlers.push(handler);
     }
@@ -527,5 +617,28 @@ fn create_devices(
         guest_code,
         queue_handlers,
         virtio_slots: manager.into_slots(),
+        device_infos,
     })
+}
+
+/// What a Linux guest calls the `index`-th virtio disk: vda, vdb, … vdz, vdaa, …
+fn disk_name(index: usize) -> String {
+    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
+    match index {
+        0..26 => format!("vd{}", letter(index)),
+        _ => format!("vd{}{}", letter(index / 26 - 1), letter(index)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_names_follow_linux() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+        assert_eq!(disk_name(27), "vdab");
+    }
 }

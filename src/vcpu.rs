@@ -5,11 +5,13 @@
 //! vCPU's thread one [`kick_signal`]. Its handler sets `immediate_exit` in that thread's
 //! `kvm_run`, so `KVM_RUN` returns `EINTR` whether the signal came while the vCPU was in the
 //! guest (the signal itself interrupts it) or just before the thread entered `KVM_RUN` again
-//! (KVM sees `immediate_exit` and returns at once): one kick is always enough.
+//! (KVM sees `immediate_exit` and returns at once): one kick is always enough. A pause
+//! ([`crate::vcpus::VcpuControl`]) uses the same kick.
 
 use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
 use boot::gdt::{self, Segment};
 use boot::layout;
@@ -26,6 +28,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::exit::{ExitReason, VmExit};
+use crate::exit_stats::{ExitKind, VcpuExitStats};
+use crate::vcpus::VcpuControl;
 
 /// CR0 bit 4, extension type: always 1 on processors since the i486 (Intel SDM Vol. 3A, 2.5).
 const X86_CR0_ET: u64 = 1 << 4;
@@ -130,6 +134,17 @@ impl Drop for KickTarget {
     fn drop(&mut self) {
         THIS_KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
     }
+}
+
+/// What a running vCPU works with.
+pub struct RunContext {
+    pub io: Arc<IoBuses>,
+    pub mem: GuestMemoryMmap,
+    pub exit: Arc<VmExit>,
+    /// Pause and resume.
+    pub control: Arc<VcpuControl>,
+    /// This vCPU's exit counters.
+    pub stats: Arc<VcpuExitStats>,
 }
 
 /// A vCPU before it runs.
@@ -309,8 +324,16 @@ impl Vcpu {
             .map_err(self.configure_err("KVM_SET_REGS"))
     }
 
-    /// Runs the vCPU until the VM stops. Every way out records an `ExitReason` first.
-    pub fn run(mut self, io: Arc<IoBuses>, mem: GuestMemoryMmap, exit: Arc<VmExit>) {
+    /// Runs the vCPU until the VM stops, parking it while the VM is paused. Every way out
+    /// records an `ExitReason` first; every exit is counted in `ctx.stats`.
+    pub fn run(mut self, ctx: RunContext) {
+        let RunContext {
+            io,
+            mem,
+            exit,
+            control,
+            stats,
+        } = ctx;
         let cpu = self.index;
         // Dropped before `self` (locals go before arguments), so the handler never sees a
         // closed vCPU's mapping.
@@ -319,24 +342,37 @@ impl Vcpu {
             if exit.stopping() {
                 return;
             }
+            if control.should_park() {
+                control.park(|| self.tell_kvm_paused());
+                continue;
+            }
             let reason = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    io.pio.write(u64::from(port), data);
+                    let start = Instant::now();
+                    let device = io.pio.write(u64::from(port), data);
+                    stats.count_access(ExitKind::IoOut, device, start.elapsed());
                     continue;
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    io.pio.read_or_ff(u64::from(port), data);
+                    let start = Instant::now();
+                    let device = io.pio.read_or_ff(u64::from(port), data);
+                    stats.count_access(ExitKind::IoIn, device, start.elapsed());
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    io.mmio.write(addr, data);
+                    let start = Instant::now();
+                    let device = io.mmio.write(addr, data);
+                    stats.count_access(ExitKind::MmioWrite, device, start.elapsed());
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    io.mmio.read_or_ff(addr, data);
+                    let start = Instant::now();
+                    let device = io.mmio.read_or_ff(addr, data);
+                    stats.count_access(ExitKind::MmioRead, device, start.elapsed());
                     continue;
                 }
                 Ok(VcpuExit::Shutdown) => {
+                    stats.count(ExitKind::Shutdown);
                     // A reset for guests that reboot this way (Linux's `reboot=t`), and the
                     // only trace of a fatal fault for the others: say where it happened.
                     log::warn!(
@@ -345,19 +381,30 @@ impl Vcpu {
                     );
                     ExitReason::TripleFault { cpu }
                 }
-                Ok(VcpuExit::SystemEvent(kind, _)) => ExitReason::SystemEvent { cpu, kind },
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    stats.count(ExitKind::SystemEvent);
+                    ExitReason::SystemEvent { cpu, kind }
+                }
                 Ok(VcpuExit::Hlt) => {
+                    stats.count(ExitKind::Hlt);
                     // With the in-kernel LAPIC, KVM handles HLT itself; an HLT exit means
                     // the guest halted for good.
                     ExitReason::Error(format!("vCPU {cpu} halted (KVM_EXIT_HLT)"))
                 }
-                Ok(VcpuExit::InternalError) => self.internal_error(&mem),
-                Ok(VcpuExit::FailEntry(hw_reason, _)) => ExitReason::Error(format!(
-                    "vCPU {cpu}: KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {hw_reason:#x}) at {}{}",
-                    self.where_and_bytes(&mem),
-                    pvm_hint()
-                )),
+                Ok(VcpuExit::InternalError) => {
+                    stats.count(ExitKind::InternalError);
+                    self.internal_error(&mem)
+                }
+                Ok(VcpuExit::FailEntry(hw_reason, _)) => {
+                    stats.count(ExitKind::FailEntry);
+                    ExitReason::Error(format!(
+                        "vCPU {cpu}: KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {hw_reason:#x}) at {}{}",
+                        self.where_and_bytes(&mem),
+                        pvm_hint()
+                    ))
+                }
                 Ok(other) => {
+                    stats.count(ExitKind::Other);
                     let what = format!("{other:?}");
                     ExitReason::Error(format!(
                         "vCPU {cpu}: unexpected KVM exit {what} at {}",
@@ -365,7 +412,9 @@ impl Vcpu {
                     ))
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    // A kick (or another signal): clear the kick's flag and look at `stopping`.
+                    // A kick (or another signal): clear the kick's flag and look at `stopping`
+                    // and the pause request.
+                    stats.count(ExitKind::Interrupted);
                     self.fd.set_kvm_immediate_exit(0);
                     continue;
                 }
@@ -373,6 +422,16 @@ impl Vcpu {
             };
             exit.request(reason);
             return;
+        }
+    }
+
+    /// Tells KVM this vCPU is paused (`KVM_KVMCLOCK_CTRL`), so that the guest's soft-lockup
+    /// watchdog does not count the pause against it. EINVAL: the guest set up no kvmclock.
+    fn tell_kvm_paused(&self) {
+        match self.fd.kvmclock_ctrl() {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::EINVAL => {}
+            Err(e) => log::debug!("vCPU {}: KVM_KVMCLOCK_CTRL failed: {e}", self.index),
         }
     }
 

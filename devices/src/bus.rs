@@ -8,6 +8,10 @@
 //! The buses are built once, before the vCPUs start, and then shared by every vCPU thread as one
 //! `Arc<`[`IoBuses`]`>`; each device sits behind its own `Mutex`, so vCPUs that reach different
 //! devices do not wait for one another.
+//!
+//! Every device is inserted with a name and gets an index (0, 1, … in insertion order); a read or
+//! write returns the index of the device that handled it, so the VMM can count exits per device
+//! ([`Bus::names`] says which name each index has).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +67,8 @@ pub enum BusError {
 struct BusEntry {
     /// Last address of the range, inclusive (so a range may end at `u64::MAX`).
     last: u64,
+    /// The device's index: its name is `names[index]`.
+    index: usize,
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
@@ -70,6 +76,8 @@ struct BusEntry {
 #[derive(Default)]
 pub struct Bus {
     devices: BTreeMap<u64, BusEntry>,
+    /// The name of each device, by index (insertion order).
+    names: Vec<String>,
     /// Accesses that no device answered, from every vCPU.
     unhandled: AtomicU64,
 }
@@ -97,7 +105,9 @@ impl std::fmt::Debug for Bus {
                 &self
                     .devices
                     .iter()
-                    .map(|(base, entry)| format!("{base:#x}..={:#x}", entry.last))
+                    .map(|(base, entry)| {
+                        format!("{} {base:#x}..={:#x}", self.names[entry.index], entry.last)
+                    })
                     .collect::<Vec<_>>(),
             )
             .field("unhandled_accesses", &self.unhandled_accesses())
@@ -111,16 +121,18 @@ impl Bus {
         Self::default()
     }
 
-    /// Maps `device` at `base..base + len`.
+    /// Maps `device`, called `name` (for statistics and logs), at `base..base + len`, and
+    /// returns its index.
     ///
     /// Fails if `len` is zero, if the range overflows the address space, or if it overlaps a
     /// device already on the bus; the error names both ranges.
     pub fn insert(
         &mut self,
+        name: impl Into<String>,
         device: Arc<Mutex<dyn BusDevice>>,
         base: u64,
         len: u64,
-    ) -> Result<(), BusError> {
+    ) -> Result<usize, BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength { base });
         }
@@ -139,13 +151,27 @@ impl Bus {
                 });
             }
         }
-        self.devices.insert(base, BusEntry { last, device });
-        Ok(())
+        let index = self.names.len();
+        self.names.push(name.into());
+        self.devices.insert(
+            base,
+            BusEntry {
+                last,
+                index,
+                device,
+            },
+        );
+        Ok(index)
+    }
+
+    /// The devices' names, by index.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Finds the device holding every byte of a `len`-byte access at `addr`: the device, its
     /// base and the access's offset from that base.
-    fn find(&self, addr: u64, len: usize) -> Option<(&Mutex<dyn BusDevice>, u64, u64)> {
+    fn find(&self, addr: u64, len: usize) -> Option<(&BusEntry, u64, u64)> {
         let (&base, entry) = self.devices.range(..=addr).next_back()?;
         if addr > entry.last {
             return None;
@@ -156,7 +182,7 @@ impl Bus {
         if len > 0 && len - 1 > entry.last - addr {
             return None;
         }
-        Some((&*entry.device, base, offset))
+        Some((entry, base, offset))
     }
 
     fn count_unhandled(&self, kind: &str, addr: u64, len: usize) {
@@ -164,53 +190,58 @@ impl Bus {
         log::debug!("unhandled {len}-byte {kind} at {addr:#x}: no device there");
     }
 
-    /// Reads `data.len()` bytes at `addr` from the device mapped there.
+    /// Reads `data.len()` bytes at `addr` from the device mapped there, and returns that
+    /// device's index.
     ///
-    /// Returns `false`, leaves `data` untouched and counts the access as unhandled if no device
+    /// Returns `None`, leaves `data` untouched and counts the access as unhandled if no device
     /// holds the whole access (an access that crosses the end of a device's range is unhandled).
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> Option<usize> {
         match self.find(addr, data.len()) {
-            Some((device, base, offset)) => {
+            Some((entry, base, offset)) => {
                 // A device that panicked while holding its lock poisons it; its state is
                 // whatever it was, and that must not take the whole VMM down with it.
-                device
+                entry
+                    .device
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .read(base, offset, data);
-                true
+                Some(entry.index)
             }
             None => {
                 self.count_unhandled("read", addr, data.len());
-                false
+                None
             }
         }
     }
 
-    /// Writes `data` at `addr` to the device mapped there.
+    /// Writes `data` at `addr` to the device mapped there, and returns that device's index.
     ///
-    /// Returns `false` and counts the access as unhandled if no device holds the whole access.
-    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+    /// Returns `None` and counts the access as unhandled if no device holds the whole access.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<usize> {
         match self.find(addr, data.len()) {
-            Some((device, base, offset)) => {
-                device
+            Some((entry, base, offset)) => {
+                entry
+                    .device
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .write(base, offset, data);
-                true
+                Some(entry.index)
             }
             None => {
                 self.count_unhandled("write", addr, data.len());
-                false
+                None
             }
         }
     }
 
     /// Reads like [`Bus::read`], but answers an access no device handles the way an empty
     /// ISA bus does: with all bits set (`0xff` in every byte).
-    pub fn read_or_ff(&self, addr: u64, data: &mut [u8]) {
-        if !self.read(addr, data) {
+    pub fn read_or_ff(&self, addr: u64, data: &mut [u8]) -> Option<usize> {
+        let device = self.read(addr, data);
+        if device.is_none() {
             data.fill(0xff);
         }
+        device
     }
 
     /// How many reads and writes, over this bus and all its clones, found no device.
@@ -253,7 +284,7 @@ mod tests {
     #[test]
     fn insert_rejects_zero_length() {
         let mut bus = Bus::new();
-        let err = bus.insert(recorder(), 0x3f8, 0).unwrap_err();
+        let err = bus.insert("dev", recorder(), 0x3f8, 0).unwrap_err();
         assert_eq!(err, BusError::ZeroLength { base: 0x3f8 });
         assert!(err.to_string().contains("0x3f8"), "{err}");
     }
@@ -262,23 +293,23 @@ mod tests {
     fn insert_rejects_overflow() {
         let mut bus = Bus::new();
         assert_eq!(
-            bus.insert(recorder(), u64::MAX, 2),
+            bus.insert("dev", recorder(), u64::MAX, 2),
             Err(BusError::Overflow {
                 base: u64::MAX,
                 len: 2
             })
         );
         // A range that ends exactly at the top of the address space is fine.
-        bus.insert(recorder(), u64::MAX - 1, 2).unwrap();
-        assert!(bus.write(u64::MAX, &[1]));
-        assert!(!bus.write(u64::MAX, &[1, 2]));
+        bus.insert("dev", recorder(), u64::MAX - 1, 2).unwrap();
+        assert!(bus.write(u64::MAX, &[1]).is_some());
+        assert!(bus.write(u64::MAX, &[1, 2]).is_none());
     }
 
     #[test]
     fn insert_rejects_overlaps_and_names_both_ranges() {
         let mut bus = Bus::new();
-        bus.insert(recorder(), 0x100, 0x10).unwrap(); // 0x100..=0x10f
-        bus.insert(recorder(), 0x200, 0x10).unwrap(); // 0x200..=0x20f
+        bus.insert("dev", recorder(), 0x100, 0x10).unwrap(); // 0x100..=0x10f
+        bus.insert("dev", recorder(), 0x200, 0x10).unwrap(); // 0x200..=0x20f
 
         // Overlaps at the start, at the end, inside, around and exactly.
         for (base, len, existing) in [
@@ -290,7 +321,7 @@ mod tests {
             (0x110, 0xf1, 0x200),
             (0x1ff, 0x20, 0x200),
         ] {
-            let err = bus.insert(recorder(), base, len).unwrap_err();
+            let err = bus.insert("dev", recorder(), base, len).unwrap_err();
             match err {
                 BusError::Overlap {
                     base: b,
@@ -309,8 +340,8 @@ mod tests {
         }
 
         // Neighbours that touch but do not overlap are fine.
-        bus.insert(recorder(), 0x110, 0xf0).unwrap(); // 0x110..=0x1ff
-        bus.insert(recorder(), 0xf0, 0x10).unwrap(); // 0xf0..=0xff
+        bus.insert("dev", recorder(), 0x110, 0xf0).unwrap(); // 0x110..=0x1ff
+        bus.insert("dev", recorder(), 0xf0, 0x10).unwrap(); // 0xf0..=0xff
     }
 
     #[test]
@@ -318,13 +349,13 @@ mod tests {
         let mut bus = Bus::new();
         let com1 = recorder();
         let com2 = recorder();
-        bus.insert(com1.clone(), 0x3f8, 8).unwrap();
-        bus.insert(com2.clone(), 0x2f8, 8).unwrap();
+        bus.insert("com1", com1.clone(), 0x3f8, 8).unwrap();
+        bus.insert("com2", com2.clone(), 0x2f8, 8).unwrap();
 
-        assert!(bus.write(0x3fb, &[0x80]));
-        assert!(bus.write(0x2f8, &[0x41]));
+        assert!(bus.write(0x3fb, &[0x80]).is_some());
+        assert!(bus.write(0x2f8, &[0x41]).is_some());
         let mut data = [0u8; 2];
-        assert!(bus.read(0x3fd, &mut data));
+        assert!(bus.read(0x3fd, &mut data).is_some());
         assert_eq!(data, [5, 5]);
 
         let com1 = com1.lock().unwrap();
@@ -337,18 +368,37 @@ mod tests {
     }
 
     #[test]
+    fn accesses_return_the_index_of_the_device_that_handled_them() {
+        let mut bus = Bus::new();
+        assert_eq!(bus.insert("serial", recorder(), 0x3f8, 8), Ok(0));
+        assert_eq!(bus.insert("i8042", recorder(), 0x60, 5), Ok(1));
+        // A refused insert takes no index.
+        assert!(bus.insert("overlap", recorder(), 0x3f8, 1).is_err());
+        assert_eq!(bus.insert("debug", recorder(), 0x80, 1), Ok(2));
+        assert_eq!(bus.names(), ["serial", "i8042", "debug"]);
+
+        let mut data = [0u8; 1];
+        assert_eq!(bus.write(0x3f8, &[1]), Some(0));
+        assert_eq!(bus.read(0x64, &mut data), Some(1));
+        assert_eq!(bus.read_or_ff(0x80, &mut data), Some(2));
+        assert_eq!(bus.read_or_ff(0x81, &mut data), None);
+        assert_eq!(data, [0xff]);
+        assert!(format!("{bus:?}").contains("i8042 0x60..=0x64"), "{bus:?}");
+    }
+
+    #[test]
     fn accesses_outside_or_across_a_range_are_unhandled() {
         let mut bus = Bus::new();
         let dev = recorder();
-        bus.insert(dev.clone(), 0x1000, 0x10).unwrap();
+        bus.insert("dev", dev.clone(), 0x1000, 0x10).unwrap();
 
         let mut data = [0u8; 4];
-        assert!(!bus.read(0xfff, &mut data)); // before
-        assert!(!bus.read(0x1010, &mut data)); // just after
-        assert!(!bus.read(0x100d, &mut data)); // 0x100d..=0x1010 crosses the end
-        assert!(!bus.write(0x100f, &[1, 2])); // crosses the end
-        assert!(bus.read(0x100c, &mut data)); // 0x100c..=0x100f ends exactly at the end
-        assert!(bus.write(0x100f, &[1]));
+        assert!(bus.read(0xfff, &mut data).is_none()); // before
+        assert!(bus.read(0x1010, &mut data).is_none()); // just after
+        assert!(bus.read(0x100d, &mut data).is_none()); // 0x100d..=0x1010 crosses the end
+        assert!(bus.write(0x100f, &[1, 2]).is_none()); // crosses the end
+        assert!(bus.read(0x100c, &mut data).is_some()); // 0x100c..=0x100f ends exactly at the end
+        assert!(bus.write(0x100f, &[1]).is_some());
 
         let dev = dev.lock().unwrap();
         assert_eq!(dev.reads, vec![(0x1000, 0xc, 4)]);
@@ -358,14 +408,14 @@ mod tests {
     #[test]
     fn unhandled_accesses_are_counted_for_every_vcpu() {
         let mut bus = Bus::new();
-        bus.insert(recorder(), 0x60, 5).unwrap();
+        bus.insert("dev", recorder(), 0x60, 5).unwrap();
         let bus = Arc::new(bus);
         let clone = bus.clone();
 
         let mut data = [0u8; 2];
-        assert!(!bus.read(0x70, &mut data));
+        assert!(bus.read(0x70, &mut data).is_none());
         assert_eq!(data, [0, 0], "a failed read leaves the buffer alone");
-        assert!(!clone.write(0x70, &[0]));
+        assert!(clone.write(0x70, &[0]).is_none());
         clone.read_or_ff(0x71, &mut data);
         assert_eq!(data, [0xff, 0xff]);
         bus.read_or_ff(0x60, &mut data);
@@ -378,9 +428,9 @@ mod tests {
     #[test]
     fn empty_bus_handles_nothing() {
         let bus = Bus::default();
-        assert!(!bus.write(0, &[0]));
+        assert!(bus.write(0, &[0]).is_none());
         let mut data = [0u8; 1];
-        assert!(!bus.read(u64::MAX, &mut data));
+        assert!(bus.read(u64::MAX, &mut data).is_none());
         assert_eq!(bus.unhandled_accesses(), 2);
     }
 
@@ -388,7 +438,7 @@ mod tests {
     fn a_poisoned_device_lock_does_not_panic_the_bus() {
         let mut bus = Bus::new();
         let dev = recorder();
-        bus.insert(dev.clone(), 0x80, 1).unwrap();
+        bus.insert("dev", dev.clone(), 0x80, 1).unwrap();
 
         let poisoner = dev.clone();
         let result = std::thread::spawn(move || {
@@ -399,9 +449,9 @@ mod tests {
         assert!(result.is_err());
         assert!(dev.is_poisoned());
 
-        assert!(bus.write(0x80, &[0x42]));
+        assert!(bus.write(0x80, &[0x42]).is_some());
         let mut data = [0u8; 1];
-        assert!(bus.read(0x80, &mut data));
+        assert!(bus.read(0x80, &mut data).is_some());
         let dev = dev.lock().unwrap_or_else(PoisonError::into_inner);
         assert_eq!(dev.writes, vec![(0x80, 0, vec![0x42])]);
         assert_eq!(dev.reads, vec![(0x80, 0, 1)]);
@@ -411,7 +461,7 @@ mod tests {
     fn threads_share_one_bus() {
         let mut bus = Bus::new();
         let dev = recorder();
-        bus.insert(dev.clone(), 0x3f8, 8).unwrap();
+        bus.insert("dev", dev.clone(), 0x3f8, 8).unwrap();
         let bus = Arc::new(bus);
 
         let handles: Vec<_> = (0..4u8)
@@ -419,7 +469,7 @@ mod tests {
                 let bus = bus.clone();
                 std::thread::spawn(move || {
                     for _ in 0..100 {
-                        assert!(bus.write(0x3f8, &[i]));
+                        assert!(bus.write(0x3f8, &[i]).is_some());
                     }
                 })
             })

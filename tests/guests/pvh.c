@@ -187,6 +187,37 @@ static void test_write(void)
     reboot();
 }
 
+/* Numbered lines forever, a busy-wait of `delay` loop iterations apart: pausing the VM
+ * stops them, resuming continues with the next number. */
+static void test_count(void)
+{
+    u32 delay = cmdline_get_u32(cmdline, "delay", 20000);
+    for (u32 n = 0;; n++) {
+        print("count: ");
+        print_dec(n);
+        print("\n");
+        for (volatile u32 i = 0; i < delay; i++)
+            cpu_relax();
+    }
+}
+
+/* `writes` one-byte writes to a port where the VMM has no device (COM3's address by
+ * default), so its exit statistics can be checked against a known number; then idles. */
+static void test_ports(void)
+{
+    u32 writes = cmdline_get_u32(cmdline, "writes", 1000);
+    u32 port = cmdline_get_u32(cmdline, "port", 0x3e8);
+    print("ports: ");
+    print_dec(writes);
+    print(" writes to port ");
+    print_hex32(port);
+    print("\n");
+    for (u32 i = 0; i < writes; i++)
+        outb((u16)port, (u8)i);
+    print("ports: done\n");
+    halt_forever();
+}
+
 static struct hvm_start_info *start_info;
 
 static void test_memmap(void)
@@ -241,6 +272,10 @@ void main(struct hvm_start_info *si)
         test_halt();
     if (str_eq(test, "write"))
         test_write();
+    if (str_eq(test, "count"))
+        test_count();
+    if (str_eq(test, "ports"))
+        test_ports();
     if (str_eq(test, "blk"))
         test_blk(cmdline);
     if (str_eq(test, "blkbench"))
