@@ -23,6 +23,9 @@ guest from tests/guests/):
   net-*        virtio-net on a TAP in a network namespace the harness creates (root only):
                the guest (test=netbench) sends NET_FRAMES frames of 1514 bytes, then receives
                as many from the harness's AF_PACKET socket; timed by the guest's marks
+  api-*        vmm alone, without and with --api-socket (alternating; a table of its own):
+               spawn → first serial line (test=hello), and peak RSS (VmHWM) once the guest
+               idles (test=halt), with the API after it has answered GET /vm and GET /vm/exits
 
 Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--guest PATH] [--only GROUPS]
 """
@@ -204,6 +207,50 @@ def idle_run(make, vmm, guest):
     s.proc.send_signal(signal.SIGTERM)
     s.drain_and_wait()
     return {"peak-rss": hwm / 1024.0, "overhead": kib / 1024.0}
+
+
+def api_get(sock_path, path):
+    """One GET on the API socket; returns the status code."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(sock_path)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def api_run(vmm, guest, i):
+    """vmm without and with --api-socket, in alternating order."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "api.sock")
+        for api in ([False, True] if i % 2 == 0 else [True, False]):
+            extra = ["--api-socket", sock] if api else []
+            tag = "api-on" if api else "api-off"
+            s = Spawned(vmm_cmd(vmm, guest, "test=hello") + extra)
+            out[f"{tag}-first-line"] = s.wait_for(b"\n") * 1000.0
+            s.drain_and_wait()
+
+            s = Spawned(vmm_cmd(vmm, guest, "test=halt") + extra)
+            s.wait_for(b"halt: ready\n")
+            if api:
+                deadline = time.perf_counter() + 10
+                while not os.path.exists(sock):
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError("the API socket never appeared")
+                    time.sleep(0.001)
+                for path in ("/vm", "/vm/exits"):
+                    if api_get(sock, path) != 200:
+                        raise RuntimeError(f"GET {path} failed")
+            time.sleep(0.05)
+            out[f"{tag}-peak-rss"] = vm_hwm_kib(s.proc.pid) / 1024.0
+            s.proc.send_signal(signal.SIGTERM)
+            s.drain_and_wait()
+            if os.path.exists(sock):
+                raise RuntimeError("the API socket was left behind")
+    return out
 
 
 def serial_run(make, vmm, guest, nbytes):
@@ -388,6 +435,12 @@ ROWS = [
     ("net-rx-mib", "virtio-net host → guest throughput", "MiB/s", True),
 ]
 
+API_ROWS = [
+    ("first-line", "spawn → first serial line", "ms"),
+    ("peak-rss", "peak RSS once the guest idles (with the API: after GET /vm, GET /vm/exits)",
+     "MiB"),
+]
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -399,7 +452,7 @@ def main():
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/vmm"))
     ap.add_argument("--guest", default=None)
     ap.add_argument("--only", default=None,
-                    help="comma-separated groups to run: hello,ld,floor,idle,serial,blk,net")
+                    help="comma-separated groups to run: hello,ld,floor,idle,serial,blk,net,api")
     args = ap.parse_args()
 
     if args.guest is None:
@@ -439,6 +492,8 @@ def main():
                                         args.blk_ops)),
                 ("net", lambda: net_run(name, make, args.vmm, args.guest, netns,
                                         args.net_frames) if netns else {}),
+                # vmm against itself: run once per round, in vmm's turn.
+                ("api", lambda: api_run(args.vmm, args.guest, i) if name == "vmm" else {}),
             ]
             for group, run in groups:
                 if only is not None and group not in only:
@@ -452,17 +507,27 @@ def main():
     def fmt(vals):
         return f"{statistics.median(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
 
-    print(f"| metric | unit | vmm median (min–max) | QEMU microvm median (min–max) | vmm/QEMU |")
-    print("|---|---|---|---|---|")
-    for key, label, unit, _higher_better in ROWS:
-        if key not in results["vmm"]:
-            continue
-        v, q = results["vmm"][key], results["qemu"][key]
-        ratio = statistics.median(v) / statistics.median(q)
-        print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
-    print(f"\n{args.runs} runs each, alternating; serial: {args.serial_bytes} bytes; "
-          f"blk: {args.blk_mb} MiB, {args.blk_ops} 4 KiB reads; net: {args.net_frames} frames each "
-          f"way; guest RAM {MEM_MIB} MiB.")
+    if any(key in results["vmm"] for key, *_ in ROWS):
+        print(f"| metric | unit | vmm median (min–max) | QEMU microvm median (min–max) | vmm/QEMU |")
+        print("|---|---|---|---|---|")
+        for key, label, unit, _higher_better in ROWS:
+            if key not in results["vmm"]:
+                continue
+            v, q = results["vmm"][key], results["qemu"][key]
+            ratio = statistics.median(v) / statistics.median(q)
+            print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
+        print(f"\n{args.runs} runs each, alternating; serial: {args.serial_bytes} bytes; "
+              f"blk: {args.blk_mb} MiB, {args.blk_ops} 4 KiB reads; net: {args.net_frames} frames "
+              f"each way; guest RAM {MEM_MIB} MiB.")
+    if "api-on-first-line" in results["vmm"]:
+        print("\n| metric | unit | without --api-socket median (min–max) | with --api-socket "
+              "median (min–max) | with − without (medians) |")
+        print("|---|---|---|---|---|")
+        for key, label, unit in API_ROWS:
+            off, on = results["vmm"][f"api-off-{key}"], results["vmm"][f"api-on-{key}"]
+            diff = statistics.median(on) - statistics.median(off)
+            print(f"| {label} | {unit} | {fmt(off)} | {fmt(on)} | {diff:+.2f} |")
+        print(f"\n{args.runs} runs each, alternating; guest RAM {MEM_MIB} MiB.")
 
 
 if __name__ == "__main__":
