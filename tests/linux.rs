@@ -114,7 +114,7 @@ fn linux_bzimage_and_pvh_vmlinux_boot_to_init_with_all_cpus() {
         .default_guest()
         .script(&format!(
             r#"C="{JOB_CMDLINE}"
-./vmm --kernel bzImage --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cmdline "$C"
+./vmm --kernel bzImage --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cmdline "$C vmmcmd=\"exit 5\""
 echo "VMM-EXIT bzimage $?"
 ./vmm --kernel vmlinux --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cpus 4 --cmdline "$C"
 echo "VMM-EXIT pvh $?"
@@ -125,7 +125,9 @@ echo "VMM-EXIT pvh $?"
     let (out, code) = boot(&run, "bzimage");
     assert!(out.contains("VMM-INIT-OK uptime="), "{out}");
     assert_eq!(line_value(out, "VMM-CPUS-ONLINE "), "0", "one CPU");
-    assert_eq!(code, 0, "{out}");
+    // The initramfs passes vmmcmd's exit status through the guest exit-code port.
+    assert!(out.contains("VMM-CMD-EXIT 5"), "{out}");
+    assert_eq!(code, 5, "{out}");
     let (out, code) = boot(&run, "pvh");
     assert!(out.contains("VMM-INIT-OK uptime="), "{out}");
     assert_eq!(line_value(out, "VMM-CPUS-ONLINE "), "0-3", "four CPUs");
@@ -151,7 +153,7 @@ fn linux_root_disk_read_write_read_only_second_drive_and_lock() {
             r#"C="{JOB_CMDLINE}"
 V="./vmm --kernel vmlinux --memory {MEMORY_MIB}"
 cp rootfs.ext4 rw.ext4
-$V --rootfs rw.ext4 --cmdline "$C vmmcmd=\"echo written-by-the-guest > /root/from-guest; sync\""
+$V --rootfs rw.ext4 --cmdline "$C vmmcmd=\"echo written-by-the-guest > /root/from-guest; sync; exit 6\""
 echo "VMM-EXIT rw $?"
 cp rw.ext4 "$OUT/rw.ext4"
 cp rootfs.ext4 ro.ext4
@@ -177,7 +179,8 @@ echo "VMM-EXIT holder $?"
     // Read-write: what the guest wrote and synced is in the image, read with e2fsprogs here.
     let (out, code) = boot(&run, "rw");
     assert!(out.contains("VMM-ROOTFS-OK"), "{out}");
-    assert_eq!(code, 0, "{out}");
+    // So does the root disk's init.
+    assert_eq!(code, 6, "{out}");
     let written = std::process::Command::new("debugfs")
         .args(["-R", "cat /root/from-guest"])
         .arg(run.out.join("rw.ext4"))
