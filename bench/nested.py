@@ -67,6 +67,8 @@ MEM=@MEM@
 Q="./lib/ld-linux-x86-64.so.2 --library-path ./lib ./qemu-system-x86_64 -L ./fw"
 QM="-M microvm,x-option-roms=off,rtc=off,isa-serial=on,pic=off,pit=off,acpi=off -enable-kvm -cpu host -smp 1 -m $MEM -nodefaults -no-user-config -display none -serial stdio -no-reboot -device i8042"
 QV="-global virtio-mmio.force-legacy=false"
+# Every kernel message to the console: a soft lockup in L1 shows its trace (see --stall).
+echo 8 > /proc/sys/kernel/printk
 echo "BENCH-L1 $(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 echo "BENCH-QEMU $($Q --version | head -1)"
 

@@ -25,6 +25,8 @@ const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 const ECX_HYPERVISOR_BIT: u32 = 1 << 31;
 /// Leaf 0x1 EDX bit 28: the package has more than one logical processor (HTT).
 const EDX_HTT_BIT: u32 = 1 << 28;
+/// Leaf 0x1 ECX bit 24: the local APIC timer has TSC-deadline mode.
+const ECX_TSC_DEADLINE_BIT: u32 = 1 << 24;
 
 /// Level types in leaves 0xb/0x1f, ECX[15:8].
 const LEVEL_TYPE_INVALID: u32 = 0;
@@ -40,6 +42,19 @@ fn id_bits(count: u32) -> u32 {
         0
     } else {
         32 - (count - 1).leading_zeros()
+    }
+}
+
+/// Offers the guest the local APIC's TSC-deadline timer mode, which KVM's in-kernel LAPIC
+/// emulates but `KVM_GET_SUPPORTED_CPUID` does not report: the VMM sets the bit when KVM has
+/// `KVM_CAP_TSC_DEADLINE_TIMER` (KVM's api.rst; QEMU, Firecracker and Cloud Hypervisor do the
+/// same). Linux then programs its timer with one MSR write instead of the APIC's count
+/// registers, and says `TSC deadline timer available` at boot.
+pub fn enable_tsc_deadline(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == LEAF_FEATURES {
+            entry.ecx |= ECX_TSC_DEADLINE_BIT;
+        }
     }
 }
 
@@ -135,6 +150,20 @@ mod tests {
             edx: EDX_HTT_BIT,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_in_leaf_1_only() {
+        let mut cpuid = supported();
+        enable_tsc_deadline(&mut cpuid);
+        for e in cpuid.as_slice() {
+            let set = e.ecx & ECX_TSC_DEADLINE_BIT != 0;
+            assert_eq!(set, e.function == LEAF_FEATURES, "leaf {:#x}", e.function);
+        }
+        // The per-vCPU normalisation keeps it.
+        let vcpu = normalize(&cpuid, 1, 2);
+        let leaf1 = vcpu.as_slice().iter().find(|e| e.function == LEAF_FEATURES);
+        assert_ne!(leaf1.unwrap().ecx & ECX_TSC_DEADLINE_BIT, 0);
     }
 
     fn supported() -> CpuId {

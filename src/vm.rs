@@ -70,7 +70,8 @@ pub struct Vm {
     pub fd: VmFd,
     /// The most vCPUs this host's KVM lets one VM have (`KVM_CAP_MAX_VCPUS`).
     pub max_vcpus: usize,
-    /// The CPUID that KVM can present to guests, before per-vCPU normalisation.
+    /// The CPUID that KVM can present to guests (with the TSC-deadline timer where KVM has
+    /// it, see [`crate::cpuid::enable_tsc_deadline`]), before per-vCPU normalisation.
     pub supported_cpuid: CpuId,
 }
 
@@ -140,12 +141,15 @@ impl Vm {
             }
         }
         let max_vcpus = kvm.get_max_vcpus();
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| Error::Setup {
-                what: "KVM_GET_SUPPORTED_CPUID",
-                source,
-            })?;
+        let mut supported_cpuid =
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .map_err(|source| Error::Setup {
+                    what: "KVM_GET_SUPPORTED_CPUID",
+                    source,
+                })?;
+        if kvm.check_extension(Cap::TscDeadlineTimer) {
+            crate::cpuid::enable_tsc_deadline(&mut supported_cpuid);
+        }
         crate::timeline::mark("KVM opened, API and capabilities checked");
         let fd = kvm.create_vm().map_err(Error::CreateVm)?;
         crate::timeline::mark("VM created (KVM_CREATE_VM)");
