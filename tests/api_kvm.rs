@@ -243,6 +243,18 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// The process's open fd count once it is `want`, or whatever it is after 5 s.
+fn settled_fd_count(pid: u32, want: usize) -> usize {
+    let start = Instant::now();
+    loop {
+        let n = fd_count(pid);
+        if n == want || start.elapsed() > Duration::from_secs(5) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn thread_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -572,9 +584,12 @@ fn a_thousand_requests_leave_no_fds_or_threads_behind() {
     let vm = ApiVm::start("thousand", "test=count", &[]);
     vm.wait_for("count: 1\n");
     let pid = vm.pid();
-    // One request first, so that whatever is set up on first use is there in the baseline.
-    assert_eq!(curl(&vm.sock, "GET", "/vm", None).0, 200);
+    // The baseline is taken with no client connected. After one request its connection
+    // (socket + deadline timer) is gone once the server has seen curl hang up, which can be a
+    // moment after curl itself has exited: wait for that rather than race it.
     let (fds, threads) = (fd_count(pid), thread_count(pid));
+    assert_eq!(curl(&vm.sock, "GET", "/vm", None).0, 200);
+    assert_eq!(settled_fd_count(pid, fds), fds, "open fds after one request");
 
     let requests = [
         &b"GET /vm HTTP/1.1\r\n\r\n"[..],
@@ -601,11 +616,7 @@ fn a_thousand_requests_leave_no_fds_or_threads_behind() {
     }
     drop(keep_alive);
     // The server closes its end once it sees the client's.
-    let start = Instant::now();
-    while fd_count(pid) != fds && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(fd_count(pid), fds, "open fds before and after");
+    assert_eq!(settled_fd_count(pid, fds), fds, "open fds before and after");
     assert_eq!(thread_count(pid), threads, "threads before and after");
     let (code, body) = curl(&vm.sock, "GET", "/vm", None);
     assert_eq!(
