@@ -589,7 +589,11 @@ fn a_thousand_requests_leave_no_fds_or_threads_behind() {
     // moment after curl itself has exited: wait for that rather than race it.
     let (fds, threads) = (fd_count(pid), thread_count(pid));
     assert_eq!(curl(&vm.sock, "GET", "/vm", None).0, 200);
-    assert_eq!(settled_fd_count(pid, fds), fds, "open fds after one request");
+    assert_eq!(
+        settled_fd_count(pid, fds),
+        fds,
+        "open fds after one request"
+    );
 
     let requests = [
         &b"GET /vm HTTP/1.1\r\n\r\n"[..],
