@@ -7,6 +7,9 @@
 //! [`vm_superio::I8042Device`] models exactly that; [`I8042Device`] puts it on the [`crate::Bus`]
 //! with an eventfd as its reset line.
 //!
+//! The device keeps no state a guest can observe (every register reads as 0 and only the
+//! reset command has an effect), so a VM snapshot carries nothing for it.
+//!
 //! The VMM maps this device at the data port 0x60 with length [`I8042_PORT_LEN`]
 //! (0x60..=0x64), so offsets are relative to the data port.
 

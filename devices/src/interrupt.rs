@@ -17,6 +17,11 @@ impl EventFdTrigger {
     pub fn new(evt: EventFd) -> Self {
         Self(evt)
     }
+
+    /// A second trigger on the same eventfd (a duplicate of its descriptor).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        self.0.try_clone().map(Self)
+    }
 }
 
 impl vm_superio::Trigger for EventFdTrigger {

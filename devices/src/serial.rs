@@ -15,10 +15,14 @@
 //!   carries on.
 //! - **Output accounting.** [`SerialDevice::bytes_written`] counts bytes delivered to the
 //!   writer, [`SerialDevice::lost_output_bytes`] those the writer refused.
+//! - **Snapshots.** [`SerialDevice::state`] is what the guest can observe (the registers and
+//!   the FIFO) plus the input still waiting on the host side; [`SerialDevice::restore`] puts
+//!   it back, checking it first, since it comes from a file. The counters stay the device's.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use vm_superio::serial::{Error as SerialError, SerialEvents};
 use vm_superio::Serial;
@@ -57,7 +61,61 @@ impl SerialEvents for OutputEvents {
     fn in_buffer_empty(&self) {}
 }
 
-type Uart = Serial<EventFdTrigger, OutputEvents, Box<dyn Write + Send>>;
+/// Shared so that a restored UART keeps counting where the old one was.
+type Uart = Serial<EventFdTrigger, Arc<OutputEvents>, Box<dyn Write + Send>>;
+
+/// What a snapshot of a [`SerialDevice`] holds: every register and the receive FIFO of the
+/// 16550 (the fields of [`vm_superio::serial::SerialState`]) and the input waiting on the host
+/// side for room in the FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    /// Divisor latch, low byte (DLL).
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte (DLM).
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register (IER).
+    pub interrupt_enable: u8,
+    /// Interrupt identification register (IIR).
+    pub interrupt_identification: u8,
+    /// Line control register (LCR).
+    pub line_control: u8,
+    /// Line status register (LSR).
+    pub line_status: u8,
+    /// Modem control register (MCR).
+    pub modem_control: u8,
+    /// Modem status register (MSR).
+    pub modem_status: u8,
+    /// Scratch register (SCR).
+    pub scratch: u8,
+    /// The receive FIFO, oldest byte first; at most the FIFO's 64 bytes.
+    pub in_buffer: Vec<u8>,
+    /// Guest input waiting for room in the FIFO, oldest first; at most [`PENDING_INPUT_CAP`]
+    /// bytes.
+    pub pending_input: Vec<u8>,
+}
+
+/// Why [`SerialDevice::restore`] refused a state; the device is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialStateError {
+    /// More bytes in the receive FIFO than it holds.
+    #[error("{len} bytes in the serial receive FIFO; it holds {capacity}")]
+    FifoTooLong {
+        /// Bytes in the state.
+        len: usize,
+        /// The FIFO's size.
+        capacity: usize,
+    },
+    /// More pending input than the device keeps.
+    #[error("{len} bytes of pending serial input; at most {PENDING_INPUT_CAP} are kept")]
+    PendingInputTooLong {
+        /// Bytes in the state.
+        len: usize,
+    },
+    /// The interrupt the restored registers say is pending could not be raised, or its
+    /// eventfd could not be duplicated.
+    #[error("cannot raise the serial interrupt of the restored state")]
+    Interrupt(#[source] io::Error),
+}
 
 /// A 16550A UART for the guest's console, to be put on the port I/O [`Bus`](crate::Bus) with
 /// length [`SERIAL_PORT_LEN`].
@@ -88,7 +146,7 @@ impl SerialDevice {
     /// Creates a UART that raises its interrupt through `interrupt` and writes the guest's
     /// output to `out`, flushing after every byte.
     pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
-        let uart = Serial::with_events(interrupt, OutputEvents::default(), out);
+        let uart = Serial::with_events(interrupt, Arc::default(), out);
         let fifo_size = uart.fifo_capacity();
         Self {
             uart,
@@ -150,6 +208,82 @@ impl SerialDevice {
     /// Guest output bytes the writer refused (and that were therefore lost).
     pub fn lost_output_bytes(&self) -> u64 {
         self.uart.events().lost.load(Ordering::Relaxed)
+    }
+
+    /// The guest-visible state (registers, receive FIFO) and the input waiting on the host
+    /// side, for a snapshot.
+    pub fn state(&self) -> SerialState {
+        let uart = self.uart.state();
+        SerialState {
+            baud_divisor_low: uart.baud_divisor_low,
+            baud_divisor_high: uart.baud_divisor_high,
+            interrupt_enable: uart.interrupt_enable,
+            interrupt_identification: uart.interrupt_identification,
+            line_control: uart.line_control,
+            line_status: uart.line_status,
+            modem_control: uart.modem_control,
+            modem_status: uart.modem_status,
+            scratch: uart.scratch,
+            in_buffer: uart.in_buffer,
+            pending_input: self.pending_input.iter().copied().collect(),
+        }
+    }
+
+    /// Puts back a [`state`](Self::state) taken from this or another device (read from a
+    /// snapshot file, so checked first).
+    ///
+    /// The device keeps its interrupt eventfd, writer and counters. If the registers say an
+    /// interrupt is pending and enabled, it is raised again (as `vm_superio` does on restore),
+    /// so a guest that had not handled it yet still gets it. On error nothing changed.
+    pub fn restore(&mut self, state: &SerialState) -> Result<(), SerialStateError> {
+        if state.in_buffer.len() > self.fifo_size {
+            return Err(SerialStateError::FifoTooLong {
+                len: state.in_buffer.len(),
+                capacity: self.fifo_size,
+            });
+        }
+        if state.pending_input.len() > PENDING_INPUT_CAP {
+            return Err(SerialStateError::PendingInputTooLong {
+                len: state.pending_input.len(),
+            });
+        }
+        let uart_state = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let trigger = self
+            .uart
+            .interrupt_evt()
+            .try_clone()
+            .map_err(SerialStateError::Interrupt)?;
+        let events = Arc::clone(self.uart.events());
+        // Built with a stand-in writer, so that on error the device still has its own.
+        let stand_in: Box<dyn Write + Send> = Box::new(io::sink());
+        let mut uart: Uart =
+            Serial::from_state(&uart_state, trigger, events, stand_in).map_err(|e| match e {
+                SerialError::Trigger(e) | SerialError::IOError(e) => SerialStateError::Interrupt(e),
+                SerialError::FullFifo => SerialStateError::FifoTooLong {
+                    len: state.in_buffer.len(),
+                    capacity: self.fifo_size,
+                },
+            })?;
+        std::mem::swap(uart.writer_mut(), self.uart.writer_mut());
+        self.uart = uart;
+        self.pending_input = state.pending_input.iter().copied().collect();
+        // A state whose FIFO is empty while input waits (taken in loopback mode) lets the
+        // input in now if the guest has left loopback mode; as the bus accesses do.
+        if let Err(e) = self.refill_fifo() {
+            self.report_interrupt_error(e);
+        }
+        Ok(())
     }
 
     /// Refills the FIFO from the pending input once the guest has emptied it.
@@ -272,253 +406,4 @@ impl crate::BusDevice for SerialDevice {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::BusDevice;
-    use std::sync::{Arc, Mutex};
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-    const BASE: u64 = 0x3f8;
-    // Register offsets and bits, from Linux include/uapi/linux/serial_reg.h.
-    const IER: u64 = 1;
-    const IIR: u64 = 2;
-    const MCR: u64 = 4;
-    const LSR: u64 = 5;
-    const IER_RDI: u8 = 0x01;
-    const IER_THRI: u8 = 0x02;
-    const IIR_ID_MASK: u8 = 0x0f;
-    const IIR_THRI: u8 = 0x02;
-    const MCR_LOOP: u8 = 0x10;
-    const LSR_DR: u8 = 0x01;
-
-    /// A writer that shows what has been flushed separately from what is only buffered.
-    #[derive(Clone, Default)]
-    struct TestWriter(Arc<Mutex<(Vec<u8>, Vec<u8>)>>);
-
-    impl TestWriter {
-        fn flushed(&self) -> Vec<u8> {
-            self.0.lock().unwrap().1.clone()
-        }
-    }
-
-    impl Write for TestWriter {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().0.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            let mut state = self.0.lock().unwrap();
-            let buffered = std::mem::take(&mut state.0);
-            state.1.extend(buffered);
-            Ok(())
-        }
-    }
-
-    /// A writer whose reader has gone away.
-    struct ClosedPipe;
-
-    impl Write for ClosedPipe {
-        fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-            Err(io::ErrorKind::BrokenPipe.into())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Err(io::ErrorKind::BrokenPipe.into())
-        }
-    }
-
-    fn serial_with(out: Box<dyn Write + Send>) -> (SerialDevice, EventFd) {
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        let dev = SerialDevice::new(EventFdTrigger::new(evt.try_clone().unwrap()), out);
-        (dev, evt)
-    }
-
-    fn read_reg(dev: &mut SerialDevice, offset: u64) -> u8 {
-        let mut data = [0u8];
-        dev.read(BASE, offset, &mut data);
-        data[0]
-    }
-
-    fn write_reg(dev: &mut SerialDevice, offset: u64, value: u8) {
-        dev.write(BASE, offset, &[value]);
-    }
-
-    /// What a guest driver's receive loop does: read RBR while LSR says data is ready.
-    fn guest_drain(dev: &mut SerialDevice, max: usize) -> Vec<u8> {
-        let mut got = Vec::new();
-        while got.len() < max && read_reg(dev, LSR) & LSR_DR != 0 {
-            got.push(read_reg(dev, 0));
-        }
-        got
-    }
-
-    /// The number of times the eventfd was signalled since the last call (0 if none).
-    fn interrupts(evt: &EventFd) -> u64 {
-        match evt.read() {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => panic!("eventfd read: {e}"),
-        }
-    }
-
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 % 251) as u8).collect()
-    }
-
-    #[test]
-    fn guest_output_reaches_the_writer_in_order_and_flushed() {
-        let writer = TestWriter::default();
-        let (mut dev, _evt) = serial_with(Box::new(writer.clone()));
-        assert_eq!(dev.bytes_written(), 0);
-
-        let mut expected = b"Linux version 6.1\r\nlogin: ".to_vec();
-        expected.extend(0..=255u8);
-        for (i, &byte) in expected.iter().enumerate() {
-            write_reg(&mut dev, 0, byte);
-            // Flushed byte by byte, not only at a newline.
-            assert_eq!(writer.flushed(), expected[..=i]);
-            assert_eq!(dev.bytes_written(), i as u64 + 1);
-        }
-        assert_eq!(dev.bytes_written(), expected.len() as u64);
-        assert_eq!(dev.lost_output_bytes(), 0);
-    }
-
-    #[test]
-    fn thr_empty_interrupt_fires_once_enabled() {
-        let (mut dev, evt) = serial_with(Box::new(io::sink()));
-
-        write_reg(&mut dev, 0, b'a');
-        assert_eq!(
-            interrupts(&evt),
-            0,
-            "THR-empty interrupt is disabled by default"
-        );
-
-        // Enabling the THR-empty interrupt raises it at once: the THR is always empty here.
-        write_reg(&mut dev, IER, IER_THRI);
-        assert_eq!(interrupts(&evt), 1);
-        assert_eq!(read_reg(&mut dev, IIR) & IIR_ID_MASK, IIR_THRI);
-
-        // Reading IIR acknowledged it; the next transmitted byte raises it again.
-        write_reg(&mut dev, 0, b'b');
-        assert_eq!(interrupts(&evt), 1);
-    }
-
-    #[test]
-    fn input_larger_than_the_fifo_arrives_complete_and_in_order() {
-        let (mut dev, evt) = serial_with(Box::new(io::sink()));
-        write_reg(&mut dev, IER, IER_RDI);
-        assert_eq!(interrupts(&evt), 0);
-
-        let input = pattern(1000);
-        dev.enqueue_input(&input).unwrap();
-        assert_eq!(interrupts(&evt), 1, "receive interrupt on new data");
-        assert_eq!(dev.pending_input(), 1000 - dev.fifo_size);
-
-        let got = guest_drain(&mut dev, usize::MAX);
-        assert_eq!(got, input);
-        assert_eq!(dev.pending_input(), 0);
-        assert_eq!(read_reg(&mut dev, LSR) & LSR_DR, 0);
-        // One receive interrupt per refill of the empty FIFO, not one per byte.
-        let refills = (1000 - 1) / dev.fifo_size as u64;
-        assert_eq!(interrupts(&evt), refills);
-        assert_eq!(dev.dropped_input(), 0);
-    }
-
-    #[test]
-    fn input_order_holds_across_interleaved_enqueues_and_reads() {
-        let (mut dev, _evt) = serial_with(Box::new(io::sink()));
-        let input = pattern(3000);
-        let mut got = Vec::new();
-        for (i, chunk) in input.chunks(97).enumerate() {
-            dev.enqueue_input(chunk).unwrap();
-            // The guest reads a varying amount, sometimes nothing, between host writes.
-            got.extend(guest_drain(&mut dev, (i * 37) % 150));
-        }
-        got.extend(guest_drain(&mut dev, usize::MAX));
-        assert_eq!(got, input);
-    }
-
-    #[test]
-    fn input_beyond_the_cap_is_dropped_and_counted() {
-        let (mut dev, _evt) = serial_with(Box::new(io::sink()));
-        let accepted = dev.fifo_size + PENDING_INPUT_CAP;
-        let input = pattern(accepted + 10);
-        dev.enqueue_input(&input).unwrap();
-        assert_eq!(dev.dropped_input(), 10);
-        dev.enqueue_input(b"xyz").unwrap();
-        assert_eq!(dev.dropped_input(), 13);
-
-        let got = guest_drain(&mut dev, usize::MAX);
-        assert_eq!(got, input[..accepted]);
-
-        // Once the guest has caught up, input flows again.
-        dev.enqueue_input(b"ok").unwrap();
-        assert_eq!(guest_drain(&mut dev, usize::MAX), b"ok");
-        assert_eq!(dev.dropped_input(), 13);
-    }
-
-    #[test]
-    fn pending_input_waits_out_loopback_mode() {
-        let (mut dev, _evt) = serial_with(Box::new(io::sink()));
-        write_reg(&mut dev, MCR, MCR_LOOP);
-        dev.enqueue_input(b"hello").unwrap();
-        assert_eq!(dev.pending_input(), 5);
-        assert_eq!(read_reg(&mut dev, LSR) & LSR_DR, 0);
-
-        write_reg(&mut dev, MCR, 0);
-        assert_eq!(guest_drain(&mut dev, usize::MAX), b"hello");
-    }
-
-    #[test]
-    fn closed_output_does_not_stop_the_guest() {
-        let (mut dev, evt) = serial_with(Box::new(ClosedPipe));
-        write_reg(&mut dev, IER, IER_THRI);
-        assert_eq!(interrupts(&evt), 1);
-        for (i, &byte) in b"boot log".iter().enumerate() {
-            read_reg(&mut dev, IIR);
-            write_reg(&mut dev, 0, byte);
-            // The guest still sees its byte sent, or its driver would wait forever.
-            assert_eq!(interrupts(&evt), 1, "byte {i}");
-        }
-        assert_eq!(dev.bytes_written(), 0);
-        assert_eq!(dev.lost_output_bytes(), 8);
-        assert!(dev.output_error_logged);
-    }
-
-    #[test]
-    fn a_failed_interrupt_is_reported_but_input_is_kept() {
-        let (mut dev, evt) = serial_with(Box::new(io::sink()));
-        write_reg(&mut dev, IER, IER_RDI);
-        // An eventfd counter at its maximum makes every further signal fail with EAGAIN.
-        evt.write(u64::MAX - 1).unwrap();
-
-        let input = pattern(100);
-        let err = dev.enqueue_input(&input).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-        assert_eq!(guest_drain(&mut dev, usize::MAX), input);
-        assert!(dev.interrupt_error_logged);
-    }
-
-    #[test]
-    fn odd_sized_and_out_of_range_accesses_are_harmless() {
-        let writer = TestWriter::default();
-        let (mut dev, _evt) = serial_with(Box::new(writer.clone()));
-
-        let mut wide = [0u8; 2];
-        dev.read(BASE, 0, &mut wide);
-        assert_eq!(wide, [0xff, 0xff]);
-        let mut empty = [0u8; 0];
-        dev.read(BASE, 0, &mut empty);
-        let mut beyond = [0u8];
-        dev.read(BASE, SERIAL_PORT_LEN, &mut beyond);
-        assert_eq!(beyond, [0xff]);
-        dev.read(BASE, u64::MAX, &mut beyond);
-
-        dev.write(BASE, 0, b"ab");
-        dev.write(BASE, 0, &[]);
-        dev.write(BASE, SERIAL_PORT_LEN, b"c");
-        dev.write(BASE, u64::MAX, b"d");
-        assert!(writer.flushed().is_empty());
-        assert_eq!(dev.bytes_written(), 0);
-    }
-}
+mod tests;

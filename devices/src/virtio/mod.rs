@@ -58,7 +58,7 @@ pub use block::Block;
 pub use handler::QueueHandler;
 pub use mmio::MmioTransport;
 pub use net::{Net, NetBackend, Tap};
-pub use virtio_queue::Queue;
+pub use virtio_queue::{Queue, QueueState};
 
 /// `VIRTIO_F_VERSION_1` (virtio 1.2 §6): the device follows virtio 1.x, not the legacy interface.
 /// The MMIO transport refuses a driver that does not accept it.
@@ -185,6 +185,15 @@ pub trait VirtioDevice: Send {
     /// Whether [`activate`](Self::activate) succeeded and no [`reset`](Self::reset) followed.
     fn is_activated(&self) -> bool;
 
+    /// The state of each of the device's queues while activated, in queue order (one per
+    /// entry of [`queue_max_sizes`](Self::queue_max_sizes)); empty when not activated.
+    ///
+    /// For a snapshot: with the ring addresses it holds the device's ring positions
+    /// (`next_avail`, `next_used`), where a restored device goes on. A device that holds
+    /// buffers it took from a ring but has not returned yet counts them as not taken where it
+    /// can, so that the restored device takes them again (see [`net`] for virtio-net's).
+    fn queue_states(&self) -> Vec<QueueState>;
+
     /// Processes every available buffer of queue `queue_index`: the driver notified the queue.
     ///
     /// Called only by the [`QueueHandler`], on the VMM's event-loop thread, when the queue's
@@ -297,6 +306,18 @@ impl EventFdInterrupt {
     /// Clears every pending reason (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// Sets the pending reasons `bits` from a snapshot and, if there are any, signals the
+    /// eventfd again, so that an interrupt the guest had not handled when the snapshot was
+    /// taken reaches it (one it had handled comes twice; the guest finds nothing new and
+    /// carries on).
+    pub fn restore_status(&self, bits: u32) -> io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if bits == 0 {
+            return Ok(());
+        }
+        self.irqfd.write(1)
     }
 
     fn signal(&self, bit: u32) -> io::Result<()> {

@@ -29,7 +29,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::queue;
@@ -331,6 +331,15 @@ impl VirtioDevice for Block {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    /// Requests run to completion inside `process_queue`, so the queue's own positions are
+    /// those of finished requests.
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active
+            .as_ref()
+            .map(|active| vec![active.queue.state()])
+            .unwrap_or_default()
     }
 
     /// The standard loop (`queue::process_chains`) over the request queue, then one used

@@ -20,6 +20,9 @@
 //!   their eventfds fire and polls the device's backend descriptors as
 //!   [`VirtioDevice::backend_wanted`] says. No queue is processed anywhere else.
 //!
+//! A snapshot of the transport and its device's queues is an [`MmioState`]
+//! ([`MmioTransport::state`], [`MmioTransport::restore`], in `state.rs`).
+//!
 //! Everything the guest writes is untrusted: out-of-range selectors, accesses of the wrong size
 //! and writes in the wrong device state are ignored (logged at debug level), never a panic.
 
@@ -36,9 +39,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{EventFdInterrupt, QueueHandler, VirtioDevice};
 use crate::BusDevice;
 use queue_config::{set_half, QueueConfig};
+pub use state::{MmioQueueState, MmioRestoreError, MmioState, RingIndices};
 
 mod queue_config;
 pub mod regs;
+mod state;
 mod status;
 #[cfg(test)]
 mod tests;

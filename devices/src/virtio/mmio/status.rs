@@ -8,6 +8,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
+use virtio_queue::Queue;
 
 use super::{MmioTransport, QueueConfig};
 use crate::virtio::{
@@ -15,22 +16,32 @@ use crate::virtio::{
 };
 
 /// Device status bits the driver sets (virtio 1.2 §2.1); `DEVICE_NEEDS_RESET` is the device's.
-const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+pub(super) const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
     | VIRTIO_CONFIG_S_DRIVER
     | VIRTIO_CONFIG_S_FEATURES_OK
     | VIRTIO_CONFIG_S_DRIVER_OK
     | VIRTIO_CONFIG_S_FAILED;
 
+/// Whether the driver status bits in `status` follow the initialization order (virtio 1.2
+/// §3.1.1): ACKNOWLEDGE, then DRIVER, then FEATURES_OK, then DRIVER_OK.
+pub(super) fn in_init_order(status: u32) -> bool {
+    let has = |bit: u32| status & bit != 0;
+    (!has(VIRTIO_CONFIG_S_DRIVER) || has(VIRTIO_CONFIG_S_ACKNOWLEDGE))
+        && (!has(VIRTIO_CONFIG_S_FEATURES_OK) || has(VIRTIO_CONFIG_S_DRIVER))
+        && (!has(VIRTIO_CONFIG_S_DRIVER_OK) || has(VIRTIO_CONFIG_S_FEATURES_OK))
+}
+
 impl MmioTransport {
-    /// The driver accepts only features the device offers, and the modern interface needs
-    /// `VIRTIO_F_VERSION_1` (virtio 1.2 §2.2.1, §4.2.3.1: "the device MUST NOT accept" others).
-    fn driver_features_acceptable(&self) -> bool {
-        let unoffered = self.driver_features & !self.device_features;
+    /// Whether the device can accept `driver_features`: only features it offers, and
+    /// `VIRTIO_F_VERSION_1`, which the modern interface needs (virtio 1.2 §2.2.1, §4.2.3.1:
+    /// "the device MUST NOT accept" others).
+    pub(super) fn driver_features_acceptable(&self, driver_features: u64) -> bool {
+        let unoffered = driver_features & !self.device_features;
         if unoffered != 0 {
             debug!("virtio-mmio: driver accepted features {unoffered:#x} the device did not offer");
             return false;
         }
-        if self.driver_features & feature_bit(VIRTIO_F_VERSION_1) == 0 {
+        if driver_features & feature_bit(VIRTIO_F_VERSION_1) == 0 {
             debug!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
             return false;
         }
@@ -53,17 +64,14 @@ impl MmioTransport {
             debug!("virtio-mmio: status write {value:#x} would clear bits of {old:#x}; ignored");
             return;
         }
-        // §3.1.1: ACKNOWLEDGE, then DRIVER, then FEATURES_OK, then DRIVER_OK.
-        let has = |bit: u32| new & bit != 0;
-        let in_order = (!has(VIRTIO_CONFIG_S_DRIVER) || has(VIRTIO_CONFIG_S_ACKNOWLEDGE))
-            && (!has(VIRTIO_CONFIG_S_FEATURES_OK) || has(VIRTIO_CONFIG_S_DRIVER))
-            && (!has(VIRTIO_CONFIG_S_DRIVER_OK) || has(VIRTIO_CONFIG_S_FEATURES_OK));
-        if !in_order {
+        if !in_init_order(new) {
             debug!("virtio-mmio: status write {value:#x} skips an initialization step; ignored");
             return;
         }
         let setting = |new: u32, bit: u32| new & bit != 0 && old & bit == 0;
-        if setting(new, VIRTIO_CONFIG_S_FEATURES_OK) && !self.driver_features_acceptable() {
+        if setting(new, VIRTIO_CONFIG_S_FEATURES_OK)
+            && !self.driver_features_acceptable(self.driver_features)
+        {
             // §3.1.1 step 6: the driver re-reads Status and sees FEATURES_OK clear.
             new &= !(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
         }
@@ -86,13 +94,23 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), ActivateError> {
+        let queues = self.build_queues()?;
+        self.start_device(queues)
+    }
+
+    /// The queues the registers describe, each ready one checked against guest memory, with
+    /// `VIRTIO_RING_F_EVENT_IDX` as the driver accepted it.
+    pub(super) fn build_queues(&self) -> Result<Vec<Queue>, ActivateError> {
         let event_idx = self.driver_features & feature_bit(VIRTIO_RING_F_EVENT_IDX) != 0;
-        let queues = self
-            .queues
+        self.queues
             .iter()
             .enumerate()
             .map(|(index, config)| config.build(index, &self.mem, event_idx))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// Hands `queues` and the accepted features to the device.
+    pub(super) fn start_device(&self, queues: Vec<Queue>) -> Result<(), ActivateError> {
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
         let (mem, features) = (self.mem.clone(), self.driver_features);
         self.lock_device()
@@ -101,7 +119,7 @@ impl MmioTransport {
 
     /// Device reset (virtio 1.2 §2.4): the device drops its queues, every register goes back
     /// to its initial value and pending interrupts are cleared.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.lock_device().reset();
         for queue in &mut self.queues {
             *queue = QueueConfig::new(queue.max_size);

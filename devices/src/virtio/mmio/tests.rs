@@ -23,6 +23,8 @@ use crate::virtio::{
     VIRTIO_MMIO_INT_VRING,
 };
 
+mod state;
+
 const ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
 const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
 const FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
@@ -56,6 +58,8 @@ struct FakeDevice {
     calls: Calls,
     active: bool,
     refuse: bool,
+    /// The queues it was started with.
+    queues: Vec<Queue>,
 }
 
 impl VirtioDevice for FakeDevice {
@@ -107,14 +111,19 @@ impl VirtioDevice for FakeDevice {
             return Err(ActivateError::QueueNotReady { index: 1 });
         }
         self.active = true;
+        self.queues = queues;
         Ok(())
     }
     fn reset(&mut self) {
         self.calls.resets += 1;
         self.active = false;
+        self.queues.clear();
     }
     fn is_activated(&self) -> bool {
         self.active
+    }
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queues.iter().map(Queue::state).collect()
     }
     fn process_queue(&mut self, queue_index: usize) -> bool {
         self.calls.processed.push(queue_index);

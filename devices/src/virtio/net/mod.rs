@@ -19,6 +19,12 @@
 //! Everything in the queues is untrusted: malformed chains come back with length 0 and are
 //! counted ([`NetStats`]); nothing the guest does stops the device or panics the VMM.
 //!
+//! A snapshot ([`VirtioDevice::queue_states`]) holds the queues' ring positions only. A frame
+//! already read from the backend but not yet delivered to the guest is not part of it: a
+//! restored device has dropped that frame, as a network may. The receive chains held for it
+//! count as not taken, so the restored device takes them again and the guest loses no
+//! buffers (unless a malformed chain came between them; then they stay taken).
+//!
 //! Here: the [`Net`] device, its features and configuration space. The receive path is in
 //! `rx.rs`, the transmit path in `tx.rs`, MAC addresses in `mac.rs`, the counters in
 //! `counters.rs` and the host side ([`NetBackend`], [`Tap`]) in `tap.rs`.
@@ -43,7 +49,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
     VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 
 pub use counters::{NetCounters, NetStats};
@@ -381,6 +387,13 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active
+            .as_ref()
+            .map(|active| vec![active.rx_state(), active.tx.state()])
+            .unwrap_or_default()
     }
 
     fn process_queue(&mut self, queue_index: usize) -> bool {

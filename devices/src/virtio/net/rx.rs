@@ -4,7 +4,7 @@
 use std::io;
 
 use log::debug;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueState, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
     VolatileSlice,
@@ -19,6 +19,8 @@ use super::{
 #[derive(Debug)]
 pub(super) struct RxChain {
     head: u16,
+    /// Its position in the available ring (the queue's `next_avail` before it was taken).
+    ring_pos: u16,
     /// The buffers, in order; zero-length ones left out, and none past the first
     /// [`MAX_BUFFER_LEN`] bytes (no frame needs more).
     bufs: Vec<(GuestAddress, usize)>,
@@ -32,6 +34,7 @@ impl RxChain {
     fn parse(
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
+        ring_pos: u16,
     ) -> Result<Self, ChainError> {
         let head = chain.head_index();
         let mut bufs = Vec::new();
@@ -66,6 +69,7 @@ impl RxChain {
         }
         Ok(Self {
             head,
+            ring_pos,
             bufs,
             capacity,
         })
@@ -133,10 +137,14 @@ impl Active {
     /// Takes the next usable receive chain into `held`; malformed chains go straight back with
     /// length 0. Returns `false` when the ring is empty.
     fn take_rx_chain(&mut self, counters: &NetCounters) -> bool {
-        while let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) {
+        loop {
+            let ring_pos = self.rx.next_avail();
+            let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
+                return false;
+            };
             self.rx_empty_rounds = 0;
             let head = chain.head_index();
-            match RxChain::parse(&self.mem, chain) {
+            match RxChain::parse(&self.mem, chain, ring_pos) {
                 Ok(chain) => {
                     self.held.push_back(chain);
                     return true;
@@ -148,7 +156,22 @@ impl Active {
                 }
             }
         }
-        false
+    }
+
+    /// The receive queue's state for a snapshot, which leaves out any frame waiting for room:
+    /// the chains held (taken from the ring, not returned yet) count as not taken, so that a
+    /// restored device takes them again. Only when they are the last chains taken: had a
+    /// malformed chain (already returned) come between them, taking it again would return it
+    /// twice, so then they stay taken.
+    pub(super) fn rx_state(&self) -> QueueState {
+        let mut state = self.rx.state();
+        if let Some(first) = self.held.front() {
+            let taken_since = state.next_avail.wrapping_sub(first.ring_pos);
+            if usize::from(taken_since) == self.held.len() {
+                state.next_avail = first.ring_pos;
+            }
+        }
+        state
     }
 
     /// The receive ring is empty: asks the guest to notify when it adds buffers and looks

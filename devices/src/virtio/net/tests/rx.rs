@@ -352,3 +352,47 @@ fn reset_drops_a_waiting_frame() {
     h.net.process_backend(0);
     assert!(!h.net.process_queue(RX_QUEUE));
 }
+
+#[test]
+fn queue_states_count_chains_held_for_a_waiting_frame_as_not_taken() {
+    let mem = memory();
+    assert!(Net::new(Mock::new(), [2, 0, 0, 0, 0, 1])
+        .queue_states()
+        .is_empty());
+    let (mut h, mock) = Harness::new(&mem);
+    let positions = |h: &Harness| -> Vec<(u16, u16)> {
+        let states = h.net.queue_states();
+        states.iter().map(|q| (q.next_avail, q.next_used)).collect()
+    };
+    assert_eq!(positions(&h), [(0, 0), (0, 0)]);
+    let f = frame(1400, 9);
+    h.fill(C, &f);
+    h.send(&[r(C, f.len() as u32)]);
+    assert_eq!(positions(&h), [(0, 0), (1, 1)]);
+
+    // The frame waits with the first chain held: a snapshot leaves both out.
+    let first = h.post(&[w(A, 512)]);
+    mock.state().rx.push_back(f.clone());
+    h.net.process_backend(0);
+    assert_eq!(h.rxq.take_used(), []);
+    assert!(!h.net.backend_wanted(0));
+    assert_eq!(positions(&h), [(0, 0), (1, 1)]);
+    let states = h.net.queue_states();
+    assert_eq!((states[0].desc_table, states[0].size), (RXQ, QUEUE_SIZE));
+
+    // A malformed chain comes between the held ones and goes back: they stay taken.
+    let bad = h.post(&[r(B, 512)]);
+    let second = h.post(&[w(B + 0x1000, 512)]);
+    h.net.process_queue(RX_QUEUE);
+    assert_eq!(h.rxq.take_used(), [(bad, 0)]);
+    assert_eq!(positions(&h)[0], (3, 1));
+
+    // Delivered: the positions are the queue's own again.
+    let third = h.post(&[w(C + 0x1000, 1024)]);
+    h.net.process_queue(RX_QUEUE);
+    assert_eq!(
+        h.rxq.take_used(),
+        [(first, 512), (second, 512), (third, 388)]
+    );
+    assert_eq!(positions(&h), [(4, 4), (1, 1)]);
+}
