@@ -23,8 +23,8 @@ pub const DEFAULT_MEMORY_MIB: u64 = 128;
 pub struct Cli {
     /// Guest kernel: a bzImage, or an ELF vmlinux (booted through PVH when it has the
     /// XEN_ELFNOTE_PHYS32_ENTRY note, else through its 64-bit entry point).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
 
     /// Initial ramdisk (initramfs) loaded into guest memory per the Linux boot protocol.
     #[arg(long, value_name = "PATH")]
@@ -73,7 +73,7 @@ pub struct Cli {
     /// Serve the control API on a Unix socket at PATH (created with mode 0600, removed when
     /// the VMM ends; a stale socket there is replaced): HTTP/1.1 and JSON, e.g.
     /// `curl --unix-socket PATH http://localhost/vm`. Endpoints: GET /vm, GET /vm/exits,
-    /// PUT /vm/pause, PUT /vm/resume, PUT /vm/stop.
+    /// PUT /vm/pause, PUT /vm/resume, PUT /vm/stop, PUT /vm/snapshot.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
 
@@ -81,6 +81,18 @@ pub struct Cli {
     /// them) on stderr when the VM ends.
     #[arg(long)]
     pub exit_stats: bool,
+
+    /// Start the VM saved in the snapshot directory DIR (written by `PUT /vm/snapshot`)
+    /// instead of booting a kernel: the guest continues where it was paused. Its memory,
+    /// vCPUs, disks and network interfaces come from the snapshot (the disks and TAPs are
+    /// opened again by their paths and names).
+    #[arg(long, value_name = "DIR",
+          conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "rootfs", "drives", "nets"])]
+    pub restore: Option<PathBuf>,
+
+    /// With --restore: keep the vCPUs paused until `PUT /vm/resume`.
+    #[arg(long, requires = "restore", conflicts_with = "kernel")]
+    pub restore_paused: bool,
 }
 
 /// The longest disk id virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
@@ -148,7 +160,7 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = parse(&["--kernel", "k"]).unwrap();
-        assert_eq!(cli.kernel, PathBuf::from("k"));
+        assert_eq!(cli.kernel, Some(PathBuf::from("k")));
         assert_eq!(cli.memory, 128);
         assert_eq!(cli.cpus, 1);
         assert_eq!(cli.cmdline, DEFAULT_CMDLINE);
@@ -296,6 +308,30 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn restore_takes_no_kernel_and_nothing_the_snapshot_decides() {
+        let cli = parse(&["--restore", "snap", "--restore-paused", "--api-socket", "s"]).unwrap();
+        assert_eq!(cli.restore, Some(PathBuf::from("snap")));
+        assert!(cli.restore_paused && cli.kernel.is_none());
+        for extra in [
+            &["--kernel", "k"][..],
+            &["--memory", "256"],
+            &["--cpus", "2"],
+            &["--rootfs", "r.img"],
+            &["--net", "tap=t0"],
+        ] {
+            let args: Vec<&str> = ["--restore", "snap"].iter().chain(extra).copied().collect();
+            assert_eq!(parse(&args).unwrap_err().exit_code(), 2, "{extra:?}");
+        }
+        // --restore-paused needs --restore.
+        assert_eq!(
+            parse(&["--kernel", "k", "--restore-paused"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
     }
 
     #[test]

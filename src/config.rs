@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -25,7 +27,7 @@ pub struct VmConfig {
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
     pub tap: String,
     /// None: derived from the TAP's name, the same on every run.
@@ -33,9 +35,21 @@ pub struct NetConfig {
 }
 
 /// One virtio-blk disk (`--rootfs`, `--drive path=PATH[,ro][,id=ID]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,
     pub id: Option<String>,
+}
+
+/// A VM started from a snapshot (`--restore DIR`): what it is made of comes from the snapshot.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// Keep the vCPUs parked until `PUT /vm/resume` (`--restore-paused`).
+    pub paused: bool,
+    pub kvm_path: PathBuf,
+    pub api_socket: Option<PathBuf>,
+    pub exit_stats: bool,
 }

@@ -88,6 +88,8 @@ impl MmioSlot {
 #[derive(Default)]
 pub struct DeviceManager {
     slots: Vec<MmioSlot>,
+    /// Each device's transport, in slot order (a snapshot saves and restores them).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl DeviceManager {
@@ -122,18 +124,20 @@ impl DeviceManager {
                 })?;
         }
         let handler = transport.queue_handler().map_err(Error::Transport)?;
-        mmio.insert(name, Arc::new(Mutex::new(transport)), slot.addr, slot.size)
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(name, transport.clone(), slot.addr, slot.size)
             .map_err(|source| Error::Bus {
                 addr: slot.addr,
                 source,
             })?;
         self.slots.push(slot);
+        self.transports.push(transport);
         Ok(handler)
     }
 
-    /// Where every attached device is, in order.
-    pub fn into_slots(self) -> Vec<MmioSlot> {
-        self.slots
+    /// Where every attached device is, and its transport, in order.
+    pub fn into_parts(self) -> (Vec<MmioSlot>, Vec<Arc<Mutex<MmioTransport>>>) {
+        (self.slots, self.transports)
     }
 }
 

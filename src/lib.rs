@@ -20,6 +20,7 @@ pub mod exit;
 pub mod exit_stats;
 pub mod runner;
 pub mod signals;
+pub mod snapshot;
 pub mod terminal;
 pub mod timeline;
 pub mod vcpu;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmm::cli::Cli;
-use vmm::config::{DiskConfig, VmConfig};
+use vmm::config::{DiskConfig, RestoreConfig, VmConfig};
 use vmm::runner;
 use vmm::timeline;
 
@@ -20,29 +20,43 @@ fn main() -> ExitCode {
     timeline::enable(cli.timings);
     timeline::mark("arguments parsed");
 
-    // The root disk comes first: it is /dev/vda.
-    let root = cli.rootfs.iter().map(|path| DiskConfig {
-        path: path.clone(),
-        read_only: cli.rootfs_ro,
-        id: None,
-    });
-    let disks = root.chain(cli.drives).collect();
-    let config = VmConfig {
-        nets: cli.nets,
-        root_disk: cli.rootfs.is_some(),
-        disks,
-        kernel: cli.kernel,
-        initrd: cli.initrd,
-        cmdline: cli.cmdline,
-        memory_mib: cli.memory,
-        cpus: cli.cpus,
-        api_socket: cli.api_socket,
-        exit_stats: cli.exit_stats,
-        kvm_path: std::env::var_os("VMM_KVM_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KVM_PATH)),
+    let kvm_path = std::env::var_os("VMM_KVM_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KVM_PATH));
+    let result = match (cli.restore, cli.kernel) {
+        (Some(dir), _) => runner::restore_vm(&RestoreConfig {
+            dir,
+            paused: cli.restore_paused,
+            kvm_path,
+            api_socket: cli.api_socket,
+            exit_stats: cli.exit_stats,
+        }),
+        (None, Some(kernel)) => {
+            // The root disk comes first: it is /dev/vda.
+            let root = cli.rootfs.iter().map(|path| DiskConfig {
+                path: path.clone(),
+                read_only: cli.rootfs_ro,
+                id: None,
+            });
+            let disks = root.chain(cli.drives).collect();
+            runner::run_vm(&VmConfig {
+                nets: cli.nets,
+                root_disk: cli.rootfs.is_some(),
+                disks,
+                kernel,
+                initrd: cli.initrd,
+                cmdline: cli.cmdline,
+                memory_mib: cli.memory,
+                cpus: cli.cpus,
+                api_socket: cli.api_socket,
+                exit_stats: cli.exit_stats,
+                kvm_path,
+            })
+        }
+        // clap requires one of the two.
+        (None, None) => unreachable!("--kernel or --restore is required"),
     };
-    match runner::run_vm(&config) {
+    match result {
         Ok((reason, guest_code)) => {
             if reason.is_failure() {
                 eprintln!("error: {reason}");

@@ -29,6 +29,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::exit::{ExitReason, VmExit};
 use crate::exit_stats::{ExitKind, VcpuExitStats};
+use crate::snapshot::state::VcpuState;
 use crate::vcpus::VcpuControl;
 
 /// CR0 bit 4, extension type: always 1 on processors since the i486 (Intel SDM Vol. 3A, 2.5).
@@ -90,6 +91,8 @@ pub enum Error {
     MsrList,
     #[error("the thread of vCPU {index} ended before it was configured")]
     Thread { index: u8 },
+    #[error("cannot restore vCPU {index} from the snapshot: {message}")]
+    Restore { index: u8, message: String },
 }
 
 thread_local! {
@@ -151,6 +154,9 @@ pub struct RunContext {
 pub struct Vcpu {
     pub index: u8,
     pub fd: VcpuFd,
+    /// The CPUID this vCPU was given (a snapshot saves it: on some hosts `KVM_GET_CPUID2`
+    /// does not return what `KVM_SET_CPUID2` set).
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 fn kvm_segment(s: &Segment) -> kvm_segment {
@@ -176,7 +182,11 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| Error::Create { index, source })?;
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            cpuid: Vec::new(),
+        })
     }
 
     fn configure_err(&self, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
@@ -191,10 +201,11 @@ impl Vcpu {
     /// Sets CPUID, MSRs, FPU and LAPIC on every vCPU; the boot processor (index 0) also gets
     /// the registers for the kernel's entry. Application processors wait in the in-kernel
     /// LAPIC for the guest's INIT/SIPI.
-    pub fn configure(&self, cpuid: &CpuId, entry: Option<EntryPoint>) -> Result<(), Error> {
+    pub fn configure(&mut self, cpuid: &CpuId, entry: Option<EntryPoint>) -> Result<(), Error> {
         self.fd
             .set_cpuid2(cpuid)
             .map_err(self.configure_err("KVM_SET_CPUID2"))?;
+        self.cpuid = cpuid.as_slice().to_vec();
         self.set_msrs()?;
         let fpu = kvm_fpu {
             fcw: FPU_FCW_RESET,
@@ -208,6 +219,18 @@ impl Vcpu {
         if let Some(entry) = entry {
             self.set_boot_registers(entry)?;
         }
+        Ok(())
+    }
+
+    /// Gives a new vCPU the state a snapshot saved (see [`crate::snapshot::state`]).
+    pub fn restore(&mut self, state: &VcpuState, xsave_fits: bool) -> Result<(), Error> {
+        crate::snapshot::state::restore_vcpu(&self.fd, state, xsave_fits).map_err(|message| {
+            Error::Restore {
+                index: self.index,
+                message,
+            }
+        })?;
+        self.cpuid = state.cpuid.clone();
         Ok(())
     }
 
@@ -343,7 +366,7 @@ impl Vcpu {
                 return;
             }
             if control.should_park() {
-                control.park(|| self.tell_kvm_paused());
+                control.park(|| self.tell_kvm_paused(), |task| task(&self));
                 continue;
             }
             let reason = match self.fd.run() {

@@ -22,6 +22,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::exit::VmExit;
 use crate::exit_stats::{ExitStats, VcpuExitStats};
+use crate::snapshot::state::VcpuState;
 use crate::vcpu::{self, Vcpu};
 use crate::vm::Vm;
 use crate::{cpuid, timeline};
@@ -48,6 +49,12 @@ pub enum ControlError {
         running: usize,
         timeout: Duration,
     },
+    #[error("only {done} of {parked} parked vCPUs did their part within {timeout:?}")]
+    TaskTimeout {
+        done: usize,
+        parked: usize,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +69,26 @@ struct ControlState {
     stopping: bool,
     /// The running vCPU threads, to kick; emptied before they are joined.
     threads: Vec<libc::pthread_t>,
+    /// Work for the parked threads ([`VcpuControl::run_on_parked`]), numbered so that each
+    /// thread runs each task once.
+    task: Option<Task>,
+    task_number: u64,
+    /// Threads that have run the current task.
+    task_done: usize,
+}
+
+/// Work a parked vCPU thread does on its own vCPU (a snapshot reads each vCPU's state there:
+/// the thread owns the vCPU).
+pub type ParkedTask = Arc<dyn Fn(&Vcpu) + Send + Sync>;
+
+/// A posted [`ParkedTask`].
+#[derive(Clone)]
+struct Task(ParkedTask);
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Task")
+    }
 }
 
 /// Pause, resume and stop for the vCPU threads, shared by them and the API.
@@ -85,16 +112,61 @@ impl VcpuControl {
     }
 
     /// Parks the calling vCPU thread until the VM is resumed or stopped; `on_park` runs first
-    /// (it tells KVM the vCPU is paused).
-    pub fn park(&self, on_park: impl FnOnce()) {
+    /// (it tells KVM the vCPU is paused). While parked, the thread passes each task of
+    /// [`run_on_parked`](Self::run_on_parked) to `run_task`, once.
+    pub fn park(&self, on_park: impl FnOnce(), run_task: impl Fn(&ParkedTask)) {
         on_park();
         let mut state = self.lock();
         state.parked += 1;
         self.changed.notify_all();
+        // Tasks are posted only while every thread is parked: none is pending now.
+        let mut seen = state.task_number;
         while state.paused && !state.stopping {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            match state.task.clone() {
+                Some(Task(task)) if state.task_number != seen => {
+                    seen = state.task_number;
+                    drop(state);
+                    run_task(&task);
+                    state = self.lock();
+                    state.task_done += 1;
+                    self.changed.notify_all();
+                }
+                _ => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            }
         }
         state.parked -= 1;
+    }
+
+    /// Has every vCPU thread run `task` on its vCPU, and waits until all have, at most
+    /// `timeout`. Only while the VM is paused (every running vCPU parked).
+    pub fn run_on_parked(&self, task: ParkedTask, timeout: Duration) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        if state.stopping {
+            return Err(ControlError::Stopping);
+        }
+        if !state.paused || state.parked < state.running {
+            return Err(ControlError::NotPaused);
+        }
+        state.task = Some(Task(task));
+        state.task_number += 1;
+        state.task_done = 0;
+        self.changed.notify_all();
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.task_done < s.parked && !s.stopping)
+            .unwrap_or_else(|e| e.into_inner());
+        state.task = None;
+        if state.stopping {
+            return Err(ControlError::Stopping);
+        }
+        if state.task_done < state.parked {
+            return Err(ControlError::TaskTimeout {
+                done: state.task_done,
+                parked: state.parked,
+                timeout,
+            });
+        }
+        Ok(())
     }
 
     /// A vCPU thread left its run loop for good.
@@ -174,6 +246,13 @@ impl VcpuControl {
         std::mem::take(&mut state.threads)
     }
 
+    /// The vCPUs park before their first entry into the guest (a VM restored paused).
+    fn start_paused(&self) {
+        let mut state = self.lock();
+        state.paused = true;
+        self.pause_requested.store(true, Ordering::SeqCst);
+    }
+
     /// The vCPU threads about to run.
     fn set_threads(&self, threads: Vec<libc::pthread_t>) {
         let mut state = self.lock();
@@ -212,13 +291,26 @@ struct Go {
     control: Arc<VcpuControl>,
 }
 
-/// A vCPU thread, started before the VM exists. Sent the VM and the kernel's entry point, it
-/// creates and configures its vCPU and says how that went; sent the buses, it runs the vCPU.
-/// It ends without running if either sender goes away first.
+/// How a vCPU starts.
+pub enum Start {
+    /// At the kernel's entry point (the boot processor) or waiting for the guest's INIT/SIPI
+    /// (the others).
+    Boot(EntryPoint),
+    /// Where a snapshot left it; `xsave_fits` as [`crate::snapshot::state::restore_vcpu`]
+    /// takes it.
+    Restore {
+        state: Box<VcpuState>,
+        xsave_fits: bool,
+    },
+}
+
+/// A vCPU thread, started before the VM exists. Sent the VM and how to start, it creates and
+/// configures its vCPU and says how that went; sent the buses, it runs the vCPU. It ends
+/// without running if either sender goes away first.
 struct VcpuThread {
     index: u8,
     handle: JoinHandle<()>,
-    setup: mpsc::Sender<(Arc<Vm>, EntryPoint)>,
+    setup: mpsc::Sender<(Arc<Vm>, Start)>,
     configured: mpsc::Receiver<Result<(), vcpu::Error>>,
     go: mpsc::Sender<Go>,
 }
@@ -243,7 +335,18 @@ impl VcpuThreads {
     pub fn setup(&self, vm: &Arc<Vm>, entry: EntryPoint) {
         for thread in &self.0 {
             // A thread that is gone says why when it is waited for.
-            let _ = thread.setup.send((vm.clone(), entry));
+            let _ = thread.setup.send((vm.clone(), Start::Boot(entry)));
+        }
+    }
+
+    /// Sends every thread the VM and its vCPU's saved state, in order (one state per thread).
+    pub fn restore(&self, vm: &Arc<Vm>, states: Vec<VcpuState>, xsave_fits: bool) {
+        for (thread, state) in self.0.iter().zip(states) {
+            let start = Start::Restore {
+                state: Box::new(state),
+                xsave_fits,
+            };
+            let _ = thread.setup.send((vm.clone(), start));
         }
     }
 }
@@ -253,18 +356,23 @@ pub fn spawn(mem: &GuestMemoryMmap, exit: &Arc<VmExit>, cpus: u8) -> io::Result<
     let mut threads = VcpuThreads(Vec::with_capacity(usize::from(cpus)));
     for index in 0..cpus {
         let (mem, exit) = (mem.clone(), exit.clone());
-        let (setup, setup_rx) = mpsc::channel::<(Arc<Vm>, EntryPoint)>();
+        let (setup, setup_rx) = mpsc::channel::<(Arc<Vm>, Start)>();
         let (configured_tx, configured) = mpsc::channel();
         let (go, go_rx) = mpsc::channel::<Go>();
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let Ok((vm, entry)) = setup_rx.recv() else {
+                let Ok((vm, start)) = setup_rx.recv() else {
                     return;
                 };
-                let vcpu = Vcpu::new(&vm.fd, index).and_then(|vcpu| {
-                    let cpuid = cpuid::normalize(&vm.supported_cpuid, index, cpus);
-                    vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
+                let vcpu = Vcpu::new(&vm.fd, index).and_then(|mut vcpu| {
+                    match start {
+                        Start::Boot(entry) => {
+                            let cpuid = cpuid::normalize(&vm.supported_cpuid, index, cpus);
+                            vcpu.configure(&cpuid, (index == 0).then_some(entry))?;
+                        }
+                        Start::Restore { state, xsave_fits } => vcpu.restore(&state, xsave_fits)?,
+                    }
                     Ok(vcpu)
                 });
                 drop(vm);
@@ -321,11 +429,13 @@ impl Vcpus {
 }
 
 /// Waits until every vCPU is configured, then lets them all run, each counting its exits in
-/// `stats`; on any failure, ends them all without running and returns the first error.
+/// `stats` (or, with `paused`, has them park before their first entry, as after a pause); on
+/// any failure, ends them all without running and returns the first error.
 pub fn start(
     mut threads: VcpuThreads,
     io: &Arc<IoBuses>,
     stats: &ExitStats,
+    paused: bool,
 ) -> Result<Vcpus, vcpu::Error> {
     for thread in &threads.0 {
         // A closed channel: the thread ended (panicked) before it could say.
@@ -336,6 +446,9 @@ pub fn start(
     }
     timeline::mark("vCPUs configured");
     let control = Arc::new(VcpuControl::default());
+    if paused {
+        control.start_paused();
+    }
     let threads = std::mem::take(&mut threads.0);
     control.set_threads(threads.iter().map(|t| t.handle.as_pthread_t()).collect());
     let handles = threads
@@ -387,6 +500,8 @@ mod tests {
         stop: Arc<AtomicBool>,
         progress: Arc<Vec<AtomicUsize>>,
         parks: Arc<AtomicUsize>,
+        /// Parked-thread tasks run (the fakes have no vCPU to hand the task).
+        tasks: Arc<AtomicUsize>,
         handles: Vec<JoinHandle<()>>,
     }
 
@@ -395,21 +510,28 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
         let parks = Arc::new(AtomicUsize::new(0));
+        let tasks = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..n)
             .map(|i| {
-                let (control, stop, progress, parks) = (
+                let (control, stop, progress, parks, tasks) = (
                     control.clone(),
                     stop.clone(),
                     progress.clone(),
                     parks.clone(),
+                    tasks.clone(),
                 );
                 std::thread::spawn(move || {
                     let _exited = ExitedGuard(control.clone());
                     while !stop.load(Ordering::SeqCst) {
                         if control.should_park() {
-                            control.park(|| {
-                                parks.fetch_add(1, Ordering::SeqCst);
-                            });
+                            control.park(
+                                || {
+                                    parks.fetch_add(1, Ordering::SeqCst);
+                                },
+                                |_task| {
+                                    tasks.fetch_add(1, Ordering::SeqCst);
+                                },
+                            );
                             continue;
                         }
                         progress[i].fetch_add(1, Ordering::SeqCst);
@@ -424,6 +546,7 @@ mod tests {
             stop,
             progress,
             parks,
+            tasks,
             handles,
         }
     }
@@ -478,6 +601,32 @@ mod tests {
             assert!(Instant::now() < deadline, "threads did not resume");
             std::thread::yield_now();
         }
+        vcpus.end();
+    }
+
+    #[test]
+    fn every_parked_thread_runs_each_task_once_and_only_while_paused() {
+        let vcpus = fake_vcpus(3);
+        let task: ParkedTask = Arc::new(|_| {});
+        assert_eq!(
+            vcpus
+                .control
+                .run_on_parked(task.clone(), Duration::from_secs(5)),
+            Err(ControlError::NotPaused)
+        );
+        vcpus.control.pause(Duration::from_secs(5), |_| {}).unwrap();
+        for round in 1..=3 {
+            vcpus
+                .control
+                .run_on_parked(task.clone(), Duration::from_secs(5))
+                .unwrap();
+            assert_eq!(vcpus.tasks.load(Ordering::SeqCst), 3 * round);
+        }
+        // Still parked: no progress.
+        let before = vcpus.snapshot();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(vcpus.snapshot(), before);
+        vcpus.control.resume().unwrap();
         vcpus.end();
     }
 

@@ -9,23 +9,12 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::api::{curl, curl_args, error_of, json, socket_path, ApiVm, LIMIT};
 use common::guest;
-
-const LIMIT: Duration = Duration::from_secs(60);
 /// The server's per-client deadline (`vmm::api::CLIENT_TIMEOUT`).
 const CLIENT_TIMEOUT: Duration = vmm::api::CLIENT_TIMEOUT;
-
-fn socket_path(name: &str) -> PathBuf {
-    // /tmp rather than target/: a socket's path has at most 107 bytes.
-    let path = std::env::temp_dir().join(format!("vmm-api-{}-{name}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    path
-}
 
 fn vmm_args(sock: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -45,183 +34,13 @@ fn vmm_args(sock: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// A running VMM with its API socket up; stdout and stderr are collected as they come.
-struct ApiVm {
-    child: Child,
-    sock: PathBuf,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
+fn start(name: &str, cmdline: &str, extra: &[&str]) -> ApiVm {
+    start_at(socket_path(name), cmdline, extra)
 }
 
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    })
-}
-
-impl ApiVm {
-    fn start(name: &str, cmdline: &str, extra: &[&str]) -> ApiVm {
-        let sock = socket_path(name);
-        Self::start_at(sock, cmdline, extra)
-    }
-
-    fn start_at(sock: PathBuf, cmdline: &str, extra: &[&str]) -> ApiVm {
-        let mut child = Command::new(common::vmm_bin())
-            .args(vmm_args(&sock, cmdline, extra))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vmm");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), stdout.clone()),
-            collect(child.stderr.take().unwrap(), stderr.clone()),
-        ];
-        let vm = ApiVm {
-            child,
-            sock,
-            stdout,
-            stderr,
-            readers,
-        };
-        vm.wait_ready()
-    }
-
-    fn wait_ready(mut self) -> ApiVm {
-        let start = Instant::now();
-        while UnixStream::connect(&self.sock).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "vmm exited ({status}) before its API socket came up: {}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "the API socket never came up; stderr: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until the guest has printed `needle`.
-    fn wait_for(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.stdout().contains(needle) {
-            assert!(
-                start.elapsed() < LIMIT,
-                "the guest never printed {needle:?}; stdout: {:?}, stderr: {}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Waits for the VMM to end (killing it after `limit`): its exit code and stderr.
-    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!(
-                    "vmm did not end within {limit:?}; stderr: {}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-        (status.code(), self.stderr())
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
-    }
-}
-
-impl Drop for ApiVm {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_file(&self.sock);
-    }
-}
-
-/// `curl --unix-socket`: the status code and the body.
-fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut args = vec!["-X", method];
-    if let Some(body) = body {
-        args.extend([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            body,
-        ]);
-    }
-    curl_args(sock, path, &args)
-}
-
-fn curl_args(sock: &Path, path: &str, extra: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--unix-socket"])
-        .arg(sock)
-        .args(extra)
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("http://localhost{path}"))
-        .output()
-        .expect("run curl (resources/install-deps.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let code = code.trim().parse().unwrap_or_else(|_| {
-        panic!(
-            "curl gave no status: {text:?}, {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, body.to_string())
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
-}
-
-fn error_of(body: &str) -> String {
-    json(body)["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error message: {body}"))
-        .to_string()
+fn start_at(sock: PathBuf, cmdline: &str, extra: &[&str]) -> ApiVm {
+    let args = vmm_args(&sock, cmdline, extra);
+    ApiVm::spawn(sock, &args)
 }
 
 /// The numbers of the complete `count: N` lines.
@@ -304,7 +123,7 @@ fn get_vm_describes_the_vm_and_the_socket_is_0600() {
     let disk = common::scratch(&format!("api-disk-{}.img", std::process::id()));
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let drive = format!("path={},ro,id=apidisk", disk.display());
-    let vm = ApiVm::start("get", "test=halt", &["--cpus", "2", "--drive", &drive]);
+    let vm = start("get", "test=halt", &["--cpus", "2", "--drive", &drive]);
     vm.wait_for("halt: ready\n");
 
     let meta = std::fs::symlink_metadata(&vm.sock).unwrap();
@@ -376,7 +195,7 @@ fn get_vm_describes_the_vm_and_the_socket_is_0600() {
 fn pause_stops_the_guest_and_resume_continues_where_it_stopped() {
     // Two vCPUs: the second waits for a SIPI that never comes, inside KVM_RUN, and must be
     // kicked out and parked too.
-    let vm = ApiVm::start("pause", "test=count delay=2000", &["--cpus", "2"]);
+    let vm = start("pause", "test=count delay=2000", &["--cpus", "2"]);
     vm.wait_for("count: 3\n");
 
     let start = Instant::now();
@@ -428,7 +247,7 @@ fn pause_stops_the_guest_and_resume_continues_where_it_stopped() {
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn sigterm_while_paused_ends_with_0() {
-    let vm = ApiVm::start("sigterm-paused", "test=count", &["--cpus", "2"]);
+    let vm = start("sigterm-paused", "test=count", &["--cpus", "2"]);
     vm.wait_for("count: 1\n");
     assert_eq!(curl(&vm.sock, "PUT", "/vm/pause", None).0, 204);
     vm.signal(libc::SIGTERM);
@@ -441,7 +260,7 @@ fn sigterm_while_paused_ends_with_0() {
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn errors_are_answered_and_the_guest_runs_on() {
-    let vm = ApiVm::start("errors", "test=count", &[]);
+    let vm = start("errors", "test=count", &[]);
     vm.wait_for("count: 1\n");
     let s = &vm.sock;
 
@@ -504,7 +323,7 @@ fn errors_are_answered_and_the_guest_runs_on() {
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn clients_that_misbehave_are_dropped_and_others_are_served() {
-    let vm = ApiVm::start("bad-clients", "test=count", &[]);
+    let vm = start("bad-clients", "test=count", &[]);
     vm.wait_for("count: 1\n");
     let s = vm.sock.clone();
     let start = Instant::now();
@@ -581,7 +400,7 @@ fn clients_that_misbehave_are_dropped_and_others_are_served() {
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn a_thousand_requests_leave_no_fds_or_threads_behind() {
-    let vm = ApiVm::start("thousand", "test=count", &[]);
+    let vm = start("thousand", "test=count", &[]);
     vm.wait_for("count: 1\n");
     let pid = vm.pid();
     // The baseline is taken with no client connected. After one request its connection
@@ -636,7 +455,7 @@ fn a_thousand_requests_leave_no_fds_or_threads_behind() {
 #[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn exit_statistics_count_exactly_the_guests_port_writes() {
     const WRITES: u64 = 777;
-    let vm = ApiVm::start(
+    let vm = start(
         "ports",
         &format!("test=ports writes={WRITES}"),
         &["--exit-stats"],
@@ -724,7 +543,7 @@ fn the_socket_is_removed_however_the_vmm_ends() {
         assert!(!sock.exists(), "{test}: the socket file is left behind");
     }
     // SIGINT.
-    let vm = ApiVm::start("end-sigint", "test=spin", &[]);
+    let vm = start("end-sigint", "test=spin", &[]);
     vm.wait_for("spin: ready\n");
     vm.signal(libc::SIGINT);
     let sock = vm.sock.clone();
@@ -740,7 +559,7 @@ fn a_stale_socket_is_reused() {
     // A socket nobody listens on, as a killed VMM leaves it.
     drop(UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let vm = ApiVm::start_at(sock.clone(), "test=halt", &[]);
+    let vm = start_at(sock.clone(), "test=halt", &[]);
     assert_eq!(curl(&vm.sock, "GET", "/vm", None).0, 200);
     assert_eq!(curl(&vm.sock, "PUT", "/vm/stop", None).0, 204);
     let (status, stderr) = vm.wait(LIMIT);

@@ -1,6 +1,8 @@
 //! Guest RAM: where it lies, how it is allocated, and the e820 map the guest is told about.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 
 use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
 use vm_memory::{GuestAddress, GuestRegionMmap};
@@ -40,6 +42,14 @@ pub enum Error {
     #[error("guest memory size {size:#x} does not fit in the 64-bit guest physical address space")]
     TooLarge {
         /// Requested size in bytes.
+        size: u64,
+    },
+    /// A memory file is shorter than the guest memory it is to back.
+    #[error("the memory file holds {len} bytes, but the guest has {size} bytes of memory")]
+    ShortFile {
+        /// The file's length.
+        len: u64,
+        /// The guest memory size.
         size: u64,
     },
     /// The host could not map the memory.
@@ -102,15 +112,45 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), Error> {
 /// process (vm-memory does not unmap memory it did not map itself; vmm runs one VM per
 /// process).
 pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, Error> {
+    map_guest_memory(mem_size, None)
+}
+
+/// Maps `mem_size` bytes of guest memory, laid out by [`ram_regions`], from `file`: the
+/// regions one after the other in the file, from offset 0 (a snapshot's memory file). The
+/// mapping is private (`MAP_PRIVATE`): pages are read from the file on first touch, guests
+/// mapping the same file share its page cache until they write, and what the guest writes
+/// never reaches the file. The file must hold at least `mem_size` bytes.
+///
+/// The file must not shrink while the guest runs: a page past its end would fault the VMM.
+pub fn map_guest_memory_file(mem_size: u64, file: &File) -> Result<GuestMemoryMmap, Error> {
+    let len = file
+        .metadata()
+        .map(|m| m.len())
+        .map_err(|source| Error::Allocate {
+            size: mem_size,
+            source,
+        })?;
+    if len < mem_size {
+        return Err(Error::ShortFile {
+            len,
+            size: mem_size,
+        });
+    }
+    map_guest_memory(mem_size, Some(file))
+}
+
+fn map_guest_memory(mem_size: u64, file: Option<&File>) -> Result<GuestMemoryMmap, Error> {
     check_mem_size(mem_size)?;
     let allocate = |source| Error::Allocate {
         size: mem_size,
         source,
     };
+    let mut offset = 0u64;
     let regions = ram_regions(mem_size)
         .into_iter()
         .map(|(base, size)| {
-            let mapping = map_aligned(size)?;
+            let mapping = map_aligned(size, file.map(|f| (f, offset)))?;
+            offset += size as u64;
             GuestRegionMmap::new(mapping, base)
                 .ok_or_else(|| io::Error::other("the region overflows the address space"))
         })
@@ -119,9 +159,13 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, Error> {
     GuestMemoryMmap::from_regions(regions).map_err(|e| allocate(io::Error::other(e)))
 }
 
-/// An anonymous, private, lazily backed mapping of `size` bytes (a multiple of the page size)
-/// at a [`HOST_ALIGN`]-aligned address: a mapping `HOST_ALIGN` larger, trimmed at both ends.
-fn map_aligned<B: NewBitmap>(size: usize) -> io::Result<vm_memory::MmapRegion<B>> {
+/// A private, lazily backed mapping of `size` bytes (a multiple of the page size) at a
+/// [`HOST_ALIGN`]-aligned address: an anonymous mapping `HOST_ALIGN` larger, trimmed at both
+/// ends, and with `file`, the file's bytes from the given offset mapped over the window kept.
+fn map_aligned<B: NewBitmap>(
+    size: usize,
+    file: Option<(&File, u64)>,
+) -> io::Result<vm_memory::MmapRegion<B>> {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     let len = size
@@ -140,6 +184,27 @@ fn map_aligned<B: NewBitmap>(size: usize) -> io::Result<vm_memory::MmapRegion<B>
         // SAFETY: [addr, addr + n) lies inside the mapping made above and outside the
         // window kept; nothing refers to it.
         if n > 0 && unsafe { libc::munmap(addr as *mut libc::c_void, n) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if let Some((file, offset)) = file {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::other("the file offset is too large"))?;
+        let file_flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED;
+        // SAFETY: MAP_FIXED replaces exactly [aligned, aligned + size), the anonymous window
+        // made above that nothing refers to yet, with a private mapping of the file; the
+        // file descriptor is valid for the call (the mapping keeps its own reference).
+        let mapped = unsafe {
+            libc::mmap(
+                aligned as *mut libc::c_void,
+                size,
+                prot,
+                file_flags,
+                file.as_raw_fd(),
+                offset,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
     }
@@ -336,6 +401,41 @@ mod tests {
         let mem = create_guest_memory(MIN_MEM_SIZE).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.last_addr(), GuestAddress(MIN_MEM_SIZE - 1));
+    }
+
+    #[test]
+    fn memory_mapped_from_a_file_reads_it_and_never_writes_it() {
+        use std::io::Write;
+        let size = 16 * MIB;
+        let path = std::env::temp_dir().join(format!("boot-memfile-{}", std::process::id()));
+        let mut file = File::create(&path).unwrap();
+        file.set_len(size).unwrap();
+        let page = [0x5au8; 4096];
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(3 * MIB)).unwrap();
+        file.write_all(&page).unwrap();
+        let file = File::open(&path).unwrap();
+        let mem = map_guest_memory_file(size, &file).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(3 * MIB)).unwrap(), 0x5a);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(3 * MIB + 4095)).unwrap(),
+            0x5a
+        );
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(5 * MIB)).unwrap(), 0);
+        mem.write_obj(0x77u8, GuestAddress(3 * MIB)).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(3 * MIB)).unwrap(), 0x77);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(
+            on_disk[(3 * MIB) as usize],
+            0x5a,
+            "the guest's write reached the file"
+        );
+        // A file shorter than the memory is refused (touching past its end would fault).
+        let short = File::create(&path).unwrap();
+        short.set_len(size - 4096).unwrap();
+        let err = map_guest_memory_file(size, &short).unwrap_err();
+        assert!(matches!(err, Error::ShortFile { .. }), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! | `PUT /vm/pause` | 204 once every vCPU is parked outside `KVM_RUN`; 400 if paused |
 //! | `PUT /vm/resume` | 204; 400 if not paused |
 //! | `PUT /vm/stop` | 204, then the VMM ends with exit code 0 |
+//! | `PUT /vm/snapshot` `{"path": DIR}` | 200 once the paused VM is written to DIR ([`crate::snapshot`]); 400 if running |
 //!
-//! The PUTs take no arguments: an empty body or `{}`. A known path with another method is 405
-//! with `Allow`, anything else 404.
+//! The other PUTs take no arguments: an empty body or `{}`. A known path with another method
+//! is 405 with `Allow`, anything else 404.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,6 +54,8 @@ pub struct Context {
     pub devices: Vec<DeviceInfo>,
     /// When the vCPUs started.
     pub started: Instant,
+    /// What `PUT /vm/snapshot` saves (None: snapshots are not available, as in unit tests).
+    pub snapshot: Option<crate::snapshot::Source>,
 }
 
 #[derive(Serialize)]
@@ -70,13 +73,22 @@ struct VmStatus<'a> {
 #[serde(deny_unknown_fields)]
 struct NoArguments {}
 
+/// The body of `PUT /vm/snapshot`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotArguments {
+    /// The directory to write: new, or empty.
+    path: std::path::PathBuf,
+}
+
 /// Each path and the one method it takes.
-const ENDPOINTS: [(&str, &str); 5] = [
+const ENDPOINTS: [(&str, &str); 6] = [
     ("/vm", "GET"),
     ("/vm/exits", "GET"),
     ("/vm/pause", "PUT"),
     ("/vm/resume", "PUT"),
     ("/vm/stop", "PUT"),
+    ("/vm/snapshot", "PUT"),
 ];
 
 /// Answers one request.
@@ -86,7 +98,7 @@ pub fn handle(ctx: &Context, req: &Request) -> Response {
             404,
             format!(
                 "no endpoint {}: the endpoints are GET /vm, GET /vm/exits, PUT /vm/pause, \
-                 PUT /vm/resume and PUT /vm/stop",
+                 PUT /vm/resume, PUT /vm/stop and PUT /vm/snapshot",
                 req.path
             ),
         );
@@ -96,6 +108,9 @@ pub fn handle(ctx: &Context, req: &Request) -> Response {
             Response::error(405, format!("{path} takes {method}, not {}", req.method));
         response.allow = Some(method);
         return response;
+    }
+    if path == "/vm/snapshot" {
+        return snapshot(ctx, &req.body);
     }
     if method == "PUT" {
         if let Err(e) = no_arguments(&req.body) {
@@ -123,6 +138,37 @@ fn no_arguments(body: &[u8]) -> Result<(), String> {
     serde_json::from_slice::<NoArguments>(body)
         .map(|_| ())
         .map_err(|e| format!("this endpoint takes no arguments: send no body or {{}} ({e})"))
+}
+
+fn snapshot(ctx: &Context, body: &[u8]) -> Response {
+    let args: SnapshotArguments = match serde_json::from_slice(body) {
+        Ok(args) => args,
+        Err(e) => {
+            return Response::error(
+                400,
+                format!("PUT /vm/snapshot takes {{\"path\": \"DIR\"}} ({e})"),
+            )
+        }
+    };
+    let Some(source) = &ctx.snapshot else {
+        return Response::error(500, "this VM cannot be snapshotted");
+    };
+    match crate::snapshot::save(source, &args.path) {
+        Ok(saved) => {
+            log::info!(
+                "snapshot written to {} in {:.1} ms",
+                saved.path.display(),
+                saved.took_ms
+            );
+            json(&saved)
+        }
+        Err(
+            e @ (crate::snapshot::SaveError::Running
+            | crate::snapshot::SaveError::NotEmpty(_)
+            | crate::snapshot::SaveError::Io { .. }),
+        ) => Response::error(400, e),
+        Err(e) => Response::error(500, e),
+    }
 }
 
 fn control(result: Result<(), ControlError>) -> Response {
@@ -180,6 +226,7 @@ mod tests {
                 },
             ],
             started: Instant::now(),
+            snapshot: None,
         }
     }
 

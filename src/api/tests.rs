@@ -45,6 +45,7 @@ fn serve(name: &str) -> Harness {
         memory_mib: 32,
         devices: vec![],
         started: Instant::now(),
+        snapshot: None,
     };
     let server = ApiServer::new(listener, ctx).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

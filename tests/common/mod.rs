@@ -2,6 +2,7 @@
 //! default Linux guest, and running the `vmm` binary with a time limit.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod testhost;
 
 use std::io::{Read, Write};

@@ -293,6 +293,66 @@ void test_blk(const char *cmdline)
     stop();
 }
 
+/* ---- test=blklines ---- */
+
+static u32 parse_dec(const char **sp)
+{
+    u32 v = 0;
+    while (**sp >= '0' && **sp <= '9')
+        v = v * 10 + (u32)(*(*sp)++ - '0');
+    return v;
+}
+
+/*
+ * One request per line read from COM1, on one queue set up once, so that a VM restored from a
+ * snapshot must continue the queue's ring indices: `r N` reads sector N and prints its first 16
+ * bytes (non-printable ones as '.'), `w N TEXT` writes TEXT (zero-padded) to sector N, `quit`
+ * resets. Each answer says how many requests the queue has completed (the used ring's idx).
+ */
+void test_blklines(const char *cmdline) __attribute__((noreturn));
+void test_blklines(const char *cmdline)
+{
+    char line[128];
+    blk_init(cmdline);
+    print("blklines: ready\n");
+    for (;;) {
+        serial_getline(line, sizeof line);
+        if (str_eq(line, "quit")) {
+            print("blklines: done\n");
+            stop();
+        }
+        const char *p = line + 1;
+        if ((line[0] != 'r' && line[0] != 'w') || *p++ != ' ') {
+            print("blklines: bad command\n");
+            continue;
+        }
+        u32 sector = parse_dec(&p);
+        volatile u8 *buf = (volatile u8 *)BLK_BUF_LOW;
+        u32 s;
+        if (line[0] == 'w') {
+            zero32(BLK_BUF_LOW, 512);
+            if (*p == ' ')
+                p++;
+            for (u32 i = 0; p[i] && i < 512; i++)
+                buf[i] = (u8)p[i];
+            s = do_req(T_OUT, sector, BLK_BUF_LOW, 512, 0);
+        } else {
+            zero32(BLK_BUF_LOW, 512);
+            s = do_req(T_IN, sector, BLK_BUF_LOW, 512, 1);
+        }
+        print("blklines: used ");
+        print_dec(vq.used[1]);
+        print(" status ");
+        print_dec(s);
+        if (line[0] == 'r') {
+            print(" data ");
+            for (u32 i = 0; i < 16; i++)
+                serial_putc(buf[i] >= 0x20 && buf[i] < 0x7f ? (char)buf[i] : '.');
+        }
+        print("\n");
+    }
+}
+
 /* ---- test=blkbench ---- */
 
 static u32 depth, req_bytes;

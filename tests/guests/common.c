@@ -40,6 +40,23 @@ int serial_getc(void)
     return inb(COM1 + UART_RBR);
 }
 
+u32 serial_getline(char *buf, u32 cap)
+{
+    for (;;) {
+        u32 len = 0;
+        for (;;) {
+            int c = serial_getc();
+            if (c == '\r' || c == '\n')
+                break;
+            if (len + 1 < cap)
+                buf[len++] = (char)c;
+        }
+        buf[len] = 0;
+        if (len)
+            return len;
+    }
+}
+
 void serial_write(const char *buf, size_t len)
 {
     for (size_t i = 0; i < len; i++)

@@ -43,6 +43,9 @@ static inline void mmio_write32(uptr addr, u32 val)
 void serial_init(void);
 void serial_putc(char c);
 int serial_getc(void); /* blocks until a byte arrives */
+/* Blocks until a non-empty line (ended by CR or LF) arrives; NUL-terminates it in `buf`,
+ * dropping what does not fit in `cap` - 1 bytes; returns its length. */
+u32 serial_getline(char *buf, u32 cap);
 void serial_write(const char *buf, size_t len);
 /* Like serial_write, but one LSR poll per 16 bytes (16550 FIFO, as Linux's 8250 driver). */
 void serial_write_fifo(const char *buf, size_t len);

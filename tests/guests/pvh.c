@@ -46,6 +46,7 @@ void load_zero_idt(void);
 /* blk.c: virtio-blk over virtio-mmio */
 void test_blk(const char *cmdline) __attribute__((noreturn));
 void test_blkbench(const char *cmdline) __attribute__((noreturn));
+void test_blklines(const char *cmdline) __attribute__((noreturn));
 /* net.c: virtio-net over virtio-mmio */
 void test_net(const char *cmdline) __attribute__((noreturn));
 void test_netbench(const char *cmdline) __attribute__((noreturn));
@@ -201,6 +202,26 @@ static void test_count(void)
     }
 }
 
+/* Answers each line read from COM1 with its number, `line <n>: <text>`; the counter lives in
+ * guest memory, so a VM restored from a snapshot continues it. `quit` resets the VM. */
+static void test_lines(void)
+{
+    char buf[128];
+    print("lines: ready\n");
+    for (u32 n = 1;; n++) {
+        serial_getline(buf, sizeof buf);
+        if (str_eq(buf, "quit")) {
+            print("lines: done\n");
+            reboot();
+        }
+        print("line ");
+        print_dec(n);
+        print(": ");
+        print(buf);
+        print("\n");
+    }
+}
+
 /* `writes` one-byte writes to a port where the VMM has no device (COM3's address by
  * default), so its exit statistics can be checked against a known number; then idles. */
 static void test_ports(void)
@@ -276,6 +297,10 @@ void main(struct hvm_start_info *si)
         test_count();
     if (str_eq(test, "ports"))
         test_ports();
+    if (str_eq(test, "lines"))
+        test_lines();
+    if (str_eq(test, "blklines"))
+        test_blklines(cmdline);
     if (str_eq(test, "blk"))
         test_blk(cmdline);
     if (str_eq(test, "blkbench"))

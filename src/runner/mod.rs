@@ -5,32 +5,33 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 
 use boot::acpi::{self, AcpiConfig};
 use boot::{layout, loader, memory, mptable, paging, params};
-use devices::debug_port::DebugPort;
-use devices::i8042::I8042Device;
-use devices::power::{AcpiSleep, GuestExitCode, PvPanic};
-
-// The DSDT's `_S5_` and the sleep register must agree on what "power off" is.
-const _: () = assert!(acpi::S5_SLP_TYP == devices::power::S5_SLP_TYP);
-use devices::interrupt::EventFdTrigger;
-use devices::serial::SerialDevice;
-use devices::{Bus, IoBuses};
+use devices::power::GuestExitCode;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::api::{self, DeviceInfo};
+use crate::api;
 use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::exit::{ExitReason, VmExit};
 use crate::exit_stats::ExitStats;
+use crate::signals::SignalEvent;
+use crate::snapshot::state::SavedConfig;
 use crate::vcpu;
 use crate::vm::{self, Vm};
-use crate::{event_loop, signals, timeline, vcpus};
+use crate::{event_loop, signals, snapshot, timeline, vcpus};
+use platform::{create_devices, Devices};
+
+mod platform;
+mod restore;
+
+pub use restore::restore_vm;
+
+// The DSDT's `_S5_` and the sleep register must agree on what "power off" is.
+const _: () = assert!(acpi::S5_SLP_TYP == devices::power::S5_SLP_TYP);
 
 /// Errors while building or running a VM. `exit_code()` tells usage errors (2) from runtime
 /// errors (1).
@@ -131,6 +132,10 @@ pub enum Error {
     EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
     ApiSocket(#[from] api::SocketError),
+    #[error("cannot restore the snapshot")]
+    Snapshot(#[from] snapshot::LoadError),
+    #[error("cannot restore {what} from the snapshot: {message}")]
+    Restore { what: &'static str, message: String },
 }
 
 impl Error {
@@ -150,6 +155,9 @@ impl Error {
             | Error::Block { .. }
             | Error::Tap { .. }
             | Error::ApiSocket(_)
+            | Error::Snapshot(_)
+            | Error::Restore { .. }
+            | Error::Vcpu(vcpu::Error::Restore { .. })
             | Error::Cmdline(_) => 2,
             _ => 1,
         }
@@ -218,26 +226,7 @@ fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
         })?),
         None => None,
     };
-    let mut disks = Vec::with_capacity(config.disks.len());
-    for disk in &config.disks {
-        let file =
-            crate::disk::open_disk(&disk.path, disk.read_only).map_err(|source| Error::Disk {
-                path: disk.path.clone(),
-                source,
-            })?;
-        disks.push((disk.clone(), file));
-    }
-    let mut taps = Vec::with_capacity(config.nets.len());
-    for net in &config.nets {
-        let tap = devices::virtio::net::Tap::open(&net.tap).map_err(|source| Error::Tap {
-            name: net.tap.clone(),
-            source,
-        })?;
-        taps.push((net.clone(), tap));
-    }
-    if disks.len() + taps.len() > crate::device_manager::MAX_VIRTIO_DEVICES {
-        return Err(Error::Virtio(crate::device_manager::Error::TooManyDevices));
-    }
+    let (disks, taps) = open_disks_and_taps(&config.disks, &config.nets)?;
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
     cmdline
         .insert_str(&config.cmdline)
@@ -260,12 +249,53 @@ fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
     })
 }
 
+/// The disk images, opened, with what they were opened as.
+type OpenDisks = Vec<(DiskConfig, File)>;
+/// The TAP devices, opened, each with its interface's configuration (MAC decided).
+type OpenTaps = Vec<(NetConfig, devices::virtio::net::Tap)>;
+
+/// Opens the disk images (locked as they are shared or not) and the TAP devices, in order;
+/// each network interface gets its MAC now (given, or derived from the TAP's name).
+fn open_disks_and_taps(
+    disk_configs: &[DiskConfig],
+    net_configs: &[NetConfig],
+) -> Result<(OpenDisks, OpenTaps), Error> {
+    let mut disks = Vec::with_capacity(disk_configs.len());
+    for disk in disk_configs {
+        let file =
+            crate::disk::open_disk(&disk.path, disk.read_only).map_err(|source| Error::Disk {
+                path: disk.path.clone(),
+                source,
+            })?;
+        disks.push((disk.clone(), file));
+    }
+    let mut taps = Vec::with_capacity(net_configs.len());
+    for net in net_configs {
+        let tap = devices::virtio::net::Tap::open(&net.tap).map_err(|source| Error::Tap {
+            name: net.tap.clone(),
+            source,
+        })?;
+        let mac = net
+            .mac
+            .unwrap_or_else(|| devices::virtio::net::generated_mac(tap.name()));
+        let net = NetConfig {
+            tap: net.tap.clone(),
+            mac: Some(mac),
+        };
+        taps.push((net, tap));
+    }
+    if disks.len() + taps.len() > crate::device_manager::MAX_VIRTIO_DEVICES {
+        return Err(Error::Virtio(crate::device_manager::Error::TooManyDevices));
+    }
+    Ok((disks, taps))
+}
+
 /// The user's files, opened and checked, and the command line so far.
 struct Inputs {
     kernel: File,
     initrd: Option<File>,
-    disks: Vec<(DiskConfig, File)>,
-    taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
+    disks: OpenDisks,
+    taps: OpenTaps,
     cmdline: Cmdline,
 }
 
@@ -334,18 +364,17 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     }
     let vm = Arc::new(vm);
     vcpu_threads.setup(&vm, kernel.entry);
-    let Devices {
-        io,
-        serial,
-        guest_stops,
-        guest_code,
-        queue_handlers,
-        virtio_slots,
-        device_infos,
-    } = create_devices(&vm, &mem, disks, taps)?;
+    let saved_config = SavedConfig {
+        memory_mib: config.memory_mib,
+        cpus,
+        disks: disks.iter().map(|(disk, _)| disk.clone()).collect(),
+        nets: taps.iter().map(|(net, _)| net.clone()).collect(),
+    };
+    let devices = create_devices(&vm, &mem, disks, taps)?;
     // Kernels without ACPI find the virtio devices on the command line, the others in the
     // DSDT (for one with both, the second registration of a window fails harmlessly).
-    for slot in &virtio_slots {
+    let virtio_slots = &devices.virtio_slots;
+    for slot in virtio_slots {
         cmdline
             .insert_str(slot.cmdline_entry())
             .map_err(Error::Cmdline)?;
@@ -373,7 +402,60 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     paging::setup_identity_paging(&mem).map_err(|e| Error::BootStructures(e.into()))?;
 
     timeline::mark("devices and boot structures ready");
+    run(Machine {
+        vm,
+        mem,
+        exit,
+        signal_evt,
+        vcpu_threads,
+        devices,
+        config: saved_config,
+        api_socket: config.api_socket.clone(),
+        exit_stats: config.exit_stats,
+        paused: false,
+    })
+}
 
+/// A VM built (booted or restored), its vCPUs configured but not yet running.
+struct Machine {
+    vm: Arc<Vm>,
+    mem: GuestMemoryMmap,
+    exit: Arc<VmExit>,
+    signal_evt: SignalEvent,
+    vcpu_threads: vcpus::VcpuThreads,
+    devices: Devices,
+    config: SavedConfig,
+    api_socket: Option<PathBuf>,
+    exit_stats: bool,
+    /// Start with the vCPUs parked (`--restore-paused`).
+    paused: bool,
+}
+
+/// Runs the event loop and the vCPUs until the VM stops, then stops the vCPUs; says why the
+/// VM ended and which exit code the guest chose, if it chose one.
+fn run(machine: Machine) -> Result<(ExitReason, Option<u8>), Error> {
+    let Machine {
+        vm,
+        mem,
+        exit,
+        signal_evt,
+        vcpu_threads,
+        devices,
+        config,
+        api_socket,
+        exit_stats,
+        paused,
+    } = machine;
+    let Devices {
+        io,
+        serial,
+        guest_stops,
+        guest_code,
+        queue_handlers,
+        virtio_slots: _,
+        transports,
+        device_infos,
+    } = devices;
     let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(Error::EventLoop)?;
     manager.add_subscriber(Arc::new(Mutex::new(event_loop::ExitWatcher::new(
@@ -381,7 +463,9 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         signal_evt,
         guest_stops,
     ))));
-    manager.add_subscriber(Arc::new(Mutex::new(event_loop::StdinInput::new(serial))));
+    manager.add_subscriber(Arc::new(Mutex::new(event_loop::StdinInput::new(
+        serial.clone(),
+    ))));
     for handler in queue_handlers {
         manager.add_subscriber(Arc::new(Mutex::new(handler)));
     }
@@ -390,15 +474,16 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         what: "the terminal (raw mode)",
         source,
     })?;
+    let cpus = config.cpus;
     let stats = Arc::new(ExitStats::new(
         usize::from(cpus),
         io.pio.names(),
         io.mmio.names(),
     ));
-    let vcpus = vcpus::start(vcpu_threads, &io, &stats)?;
+    let vcpus = vcpus::start(vcpu_threads, &io, &stats, paused)?;
     // The API comes up only now, off the path to the first vCPU entry. The socket file is
-    // removed when this guard drops, however run_vm ends.
-    let _api_socket_file = match &config.api_socket {
+    // removed when this guard drops, however run ends.
+    let _api_socket_file = match &api_socket {
         None => None,
         Some(path) => {
             let ctx = api::Context {
@@ -409,6 +494,15 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
                 memory_mib: config.memory_mib,
                 devices: device_infos,
                 started: std::time::Instant::now(),
+                snapshot: Some(snapshot::Source {
+                    vm: vm.clone(),
+                    mem: mem.clone(),
+                    control: vcpus.control(),
+                    config,
+                    serial,
+                    transports,
+                    guest_code: guest_code.clone(),
+                }),
             };
             let server =
                 api::socket::bind(path)
@@ -441,7 +535,7 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     }
     vcpus::stop(vcpus);
     timeline::mark("guest exit");
-    if config.exit_stats {
+    if exit_stats {
         eprint!("{}", stats.snapshot().table());
     }
     log::info!(
@@ -449,196 +543,12 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         io.pio.unhandled_accesses(),
         io.mmio.unhandled_accesses()
     );
-    // Guest memory is dropped only now, after every vCPU thread has ended.
+    // The API (and its handles to the VM) go before guest memory; guest memory is dropped
+    // only now, after every vCPU thread has ended.
+    drop(manager);
     drop(mem);
     let reason = exit
         .reason()
         .unwrap_or_else(|| ExitReason::Error("the VM stopped for no recorded reason".into()));
     Ok((reason, GuestExitCode::read(&guest_code)))
-}
-
-/// The devices, and the handles the event loop needs to them.
-struct Devices {
-    io: Arc<IoBuses>,
-    serial: Arc<Mutex<SerialDevice>>,
-    /// The eventfds the guest ends the VM through, each with its reason: the i8042's reset
-    /// line, the ACPI power-off register, pvpanic.
-    guest_stops: Vec<(EventFd, ExitReason)>,
-    /// The exit code the guest chose through its port, if it wrote one.
-    guest_code: Arc<AtomicU16>,
-    /// One per virtio device: runs its queues on the event loop.
-    queue_handlers: Vec<devices::virtio::QueueHandler>,
-    /// Where each virtio device is (for the command line and the DSDT).
-    virtio_slots: Vec<crate::device_manager::MmioSlot>,
-    /// The virtio devices, for the API.
-    device_infos: Vec<DeviceInfo>,
-}
-
-fn create_devices(
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    disks: Vec<(DiskConfig, File)>,
-    taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
-) -> Result<Devices, Error> {
-    let io_err = |what| move |source| Error::Io { what, source };
-    let bus_err = |what| move |source| Error::Bus { what, source };
-    let mut pio = Bus::default();
-
-    let serial_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
-    vm.fd
-        .register_irqfd(&serial_evt, layout::SERIAL_IRQ)
-        .map_err(|source| Error::Irqfd {
-            what: "serial",
-            gsi: layout::SERIAL_IRQ,
-            source,
-        })?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        EventFdTrigger::new(serial_evt),
-        Box::new(crate::console::ConsoleOutput::new()),
-    )));
-    pio.insert(
-        "serial",
-        serial.clone(),
-        u64::from(layout::COM1_PORT),
-        devices::serial::SERIAL_PORT_LEN,
-    )
-    .map_err(bus_err("the serial port"))?;
-
-    // Each way the guest ends the VM: a device writes an eventfd the event loop watches.
-    let mut guest_stops = Vec::new();
-    let mut stop_event = |what: &'static str, reason: ExitReason| -> Result<EventFd, Error> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err(what))?;
-        guest_stops.push((evt.try_clone().map_err(io_err(what))?, reason));
-        Ok(evt)
-    };
-    let i8042 = I8042Device::new(stop_event("the i8042 reset line", ExitReason::Reset)?);
-    pio.insert(
-        "i8042",
-        Arc::new(Mutex::new(i8042)),
-        u64::from(layout::I8042_PORT),
-        devices::i8042::I8042_PORT_LEN,
-    )
-    .map_err(bus_err("the i8042 controller"))?;
-    let sleep = AcpiSleep::new(stop_event("the ACPI power-off", ExitReason::Poweroff)?);
-    pio.insert(
-        "acpi-sleep",
-        Arc::new(Mutex::new(sleep)),
-        u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
-        1,
-    )
-    .map_err(bus_err("the ACPI sleep register"))?;
-    let pvpanic = PvPanic::new(stop_event("pvpanic", ExitReason::GuestPanic)?);
-    pio.insert(
-        "pvpanic",
-        Arc::new(Mutex::new(pvpanic)),
-        u64::from(layout::PVPANIC_PORT),
-        1,
-    )
-    .map_err(bus_err("pvpanic"))?;
-    let (exit_code_port, guest_code) = GuestExitCode::new();
-    pio.insert(
-        "guest-exit-code",
-        Arc::new(Mutex::new(exit_code_port)),
-        u64::from(layout::GUEST_EXIT_CODE_PORT),
-        1,
-    )
-    .map_err(bus_err("the guest exit code port"))?;
-
-    let debug = DebugPort::new(Box::new(|value| {
-        timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
-    }));
-    pio.insert(
-        "debug-port",
-        Arc::new(Mutex::new(debug)),
-        u64::from(layout::DEBUG_PORT),
-        devices::debug_port::DEBUG_PORT_LEN,
-    )
-    .map_err(bus_err("the debug port"))?;
-
-    let mut mmio = Bus::default();
-    let mut manager = crate::device_manager::DeviceManager::default();
-    let mut queue_handlers = Vec::new();
-    let mut device_infos = Vec::new();
-    for (index, (disk, file)) in disks.into_iter().enumerate() {
-        let block = devices::virtio::block::Block::new(file, disk.read_only, disk.id.clone())
-            .map_err(|source| Error::Block {
-                path: disk.path.clone(),
-                source,
-            })?;
-        let name = disk_name(index);
-        let handler = manager
-            .attach(
-                &vm.fd,
-                mem,
-                &mut mmio,
-                format!("virtio-blk:{name}"),
-                Arc::new(Mutex::new(block)),
-            )
-            .map_err(Error::Virtio)?;
-        queue_handlers.push(handler);
-        device_infos.push(DeviceInfo::Block {
-            name,
-            path: disk.path.display().to_string(),
-            read_only: disk.read_only,
-            id: disk.id,
-        });
-    }
-    for (eth, (net, tap)) in taps.into_iter().enumerate() {
-        let mac = net
-            .mac
-            .unwrap_or_else(|| devices::virtio::net::generated_mac(tap.name()));
-        log::info!(
-            "eth{eth}: TAP {} MAC {}",
-            tap.name(),
-            devices::virtio::net::format_mac(&mac)
-        );
-        device_infos.push(DeviceInfo::Net {
-            name: format!("eth{eth}"),
-            tap: tap.name().to_string(),
-            mac: devices::virtio::net::format_mac(&mac),
-        });
-        let device = devices::virtio::net::Net::new(tap, mac);
-        let handler = manager
-            .attach(
-                &vm.fd,
-                mem,
-                &mut mmio,
-                format!("virtio-net:eth{eth}"),
-                Arc::new(Mutex::new(device)),
-            )
-            .map_err(Error::Virtio)?;
-        queue_handlers.push(handler);
-    }
-    let io = Arc::new(IoBuses { pio, mmio });
-    Ok(Devices {
-        io,
-        serial,
-        guest_stops,
-        guest_code,
-        queue_handlers,
-        virtio_slots: manager.into_slots(),
-        device_infos,
-    })
-}
-
-/// What a Linux guest calls the `index`-th virtio disk: vda, vdb, … vdz, vdaa, …
-fn disk_name(index: usize) -> String {
-    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
-    match index {
-        0..26 => format!("vd{}", letter(index)),
-        _ => format!("vd{}{}", letter(index / 26 - 1), letter(index)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_names_follow_linux() {
-        assert_eq!(disk_name(0), "vda");
-        assert_eq!(disk_name(25), "vdz");
-        assert_eq!(disk_name(26), "vdaa");
-        assert_eq!(disk_name(27), "vdab");
-    }
 }

@@ -1,0 +1,214 @@
+//! The VM's platform devices: the legacy ports (serial, i8042, ACPI sleep, pvpanic, the
+//! exit-code and debug ports) on the port I/O bus, and the virtio devices on the MMIO bus.
+
+use std::fs::File;
+use std::sync::atomic::AtomicU16;
+use std::sync::{Arc, Mutex};
+
+use boot::layout;
+use devices::debug_port::DebugPort;
+use devices::i8042::I8042Device;
+use devices::interrupt::EventFdTrigger;
+use devices::power::{AcpiSleep, GuestExitCode, PvPanic};
+use devices::serial::SerialDevice;
+use devices::virtio::mmio::MmioTransport;
+use devices::{Bus, IoBuses};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::Error;
+use crate::api::DeviceInfo;
+use crate::config::{DiskConfig, NetConfig};
+use crate::exit::ExitReason;
+use crate::timeline;
+use crate::vm::Vm;
+
+/// The devices, and the handles the event loop needs to them.
+pub(super) struct Devices {
+    pub io: Arc<IoBuses>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The eventfds the guest ends the VM through, each with its reason: the i8042's reset
+    /// line, the ACPI power-off register, pvpanic.
+    pub guest_stops: Vec<(EventFd, ExitReason)>,
+    /// The exit code the guest chose through its port, if it wrote one.
+    pub guest_code: Arc<AtomicU16>,
+    /// One per virtio device: runs its queues on the event loop.
+    pub queue_handlers: Vec<devices::virtio::QueueHandler>,
+    /// Where each virtio device is (for the command line and the DSDT).
+    pub virtio_slots: Vec<crate::device_manager::MmioSlot>,
+    /// Each virtio device's transport, in slot order (for snapshots).
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The virtio devices, for the API.
+    pub device_infos: Vec<DeviceInfo>,
+}
+
+pub(super) fn create_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    disks: Vec<(DiskConfig, File)>,
+    taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
+) -> Result<Devices, Error> {
+    let io_err = |what| move |source| Error::Io { what, source };
+    let bus_err = |what| move |source| Error::Bus { what, source };
+    let mut pio = Bus::default();
+
+    let serial_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
+    vm.fd
+        .register_irqfd(&serial_evt, layout::SERIAL_IRQ)
+        .map_err(|source| Error::Irqfd {
+            what: "serial",
+            gsi: layout::SERIAL_IRQ,
+            source,
+        })?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger::new(serial_evt),
+        Box::new(crate::console::ConsoleOutput::new()),
+    )));
+    pio.insert(
+        "serial",
+        serial.clone(),
+        u64::from(layout::COM1_PORT),
+        devices::serial::SERIAL_PORT_LEN,
+    )
+    .map_err(bus_err("the serial port"))?;
+
+    // Each way the guest ends the VM: a device writes an eventfd the event loop watches.
+    let mut guest_stops = Vec::new();
+    let mut stop_event = |what: &'static str, reason: ExitReason| -> Result<EventFd, Error> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err(what))?;
+        guest_stops.push((evt.try_clone().map_err(io_err(what))?, reason));
+        Ok(evt)
+    };
+    let i8042 = I8042Device::new(stop_event("the i8042 reset line", ExitReason::Reset)?);
+    pio.insert(
+        "i8042",
+        Arc::new(Mutex::new(i8042)),
+        u64::from(layout::I8042_PORT),
+        devices::i8042::I8042_PORT_LEN,
+    )
+    .map_err(bus_err("the i8042 controller"))?;
+    let sleep = AcpiSleep::new(stop_event("the ACPI power-off", ExitReason::Poweroff)?);
+    pio.insert(
+        "acpi-sleep",
+        Arc::new(Mutex::new(sleep)),
+        u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+        1,
+    )
+    .map_err(bus_err("the ACPI sleep register"))?;
+    let pvpanic = PvPanic::new(stop_event("pvpanic", ExitReason::GuestPanic)?);
+    pio.insert(
+        "pvpanic",
+        Arc::new(Mutex::new(pvpanic)),
+        u64::from(layout::PVPANIC_PORT),
+        1,
+    )
+    .map_err(bus_err("pvpanic"))?;
+    let (exit_code_port, guest_code) = GuestExitCode::new();
+    pio.insert(
+        "guest-exit-code",
+        Arc::new(Mutex::new(exit_code_port)),
+        u64::from(layout::GUEST_EXIT_CODE_PORT),
+        1,
+    )
+    .map_err(bus_err("the guest exit code port"))?;
+
+    let debug = DebugPort::new(Box::new(|value| {
+        timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
+    }));
+    pio.insert(
+        "debug-port",
+        Arc::new(Mutex::new(debug)),
+        u64::from(layout::DEBUG_PORT),
+        devices::debug_port::DEBUG_PORT_LEN,
+    )
+    .map_err(bus_err("the debug port"))?;
+
+    let mut mmio = Bus::default();
+    let mut manager = crate::device_manager::DeviceManager::default();
+    let mut queue_handlers = Vec::new();
+    let mut device_infos = Vec::new();
+    for (index, (disk, file)) in disks.into_iter().enumerate() {
+        let block = devices::virtio::block::Block::new(file, disk.read_only, disk.id.clone())
+            .map_err(|source| Error::Block {
+                path: disk.path.clone(),
+                source,
+            })?;
+        let name = disk_name(index);
+        let handler = manager
+            .attach(
+                &vm.fd,
+                mem,
+                &mut mmio,
+                format!("virtio-blk:{name}"),
+                Arc::new(Mutex::new(block)),
+            )
+            .map_err(Error::Virtio)?;
+        queue_handlers.push(handler);
+        device_infos.push(DeviceInfo::Block {
+            name,
+            path: disk.path.display().to_string(),
+            read_only: disk.read_only,
+            id: disk.id,
+        });
+    }
+    for (eth, (net, tap)) in taps.into_iter().enumerate() {
+        let mac = net
+            .mac
+            .unwrap_or_else(|| devices::virtio::net::generated_mac(tap.name()));
+        log::info!(
+            "eth{eth}: TAP {} MAC {}",
+            tap.name(),
+            devices::virtio::net::format_mac(&mac)
+        );
+        device_infos.push(DeviceInfo::Net {
+            name: format!("eth{eth}"),
+            tap: tap.name().to_string(),
+            mac: devices::virtio::net::format_mac(&mac),
+        });
+        let device = devices::virtio::net::Net::new(tap, mac);
+        let handler = manager
+            .attach(
+                &vm.fd,
+                mem,
+                &mut mmio,
+                format!("virtio-net:eth{eth}"),
+                Arc::new(Mutex::new(device)),
+            )
+            .map_err(Error::Virtio)?;
+        queue_handlers.push(handler);
+    }
+    let io = Arc::new(IoBuses { pio, mmio });
+    let (virtio_slots, transports) = manager.into_parts();
+    Ok(Devices {
+        io,
+        serial,
+        guest_stops,
+        guest_code,
+        queue_handlers,
+        virtio_slots,
+        transports,
+        device_infos,
+    })
+}
+
+/// What a Linux guest calls the `index`-th virtio disk: vda, vdb, … vdz, vdaa, …
+fn disk_name(index: usize) -> String {
+    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
+    match index {
+        0..26 => format!("vd{}", letter(index)),
+        _ => format!("vd{}{}", letter(index / 26 - 1), letter(index)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_names_follow_linux() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+        assert_eq!(disk_name(27), "vdab");
+    }
+}

@@ -1,0 +1,347 @@
+//! Snapshot and restore end to end: the PVH test guest (`test=lines`, `test=blklines`) is
+//! paused and snapshotted through the API (real `curl`), the VMM killed, and a new VMM process
+//! started with `--restore` continues it; corrupt and mismatched snapshots are refused with exit
+//! code 2 before any guest code runs. The tests need /dev/kvm: where the build found none, the
+//! runner reports them as ignored.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::api::{curl, error_of, json, socket_path, ApiVm, LIMIT};
+use common::guest;
+
+/// A fresh, absent directory for a snapshot.
+fn snapshot_dir(name: &str) -> PathBuf {
+    let dir = common::scratch(&format!("snapshot-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn boot_args(sock: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--kernel",
+        &guest("pvh.elf").display().to_string(),
+        "--memory",
+        "32",
+        "--cmdline",
+        cmdline,
+        "--api-socket",
+        &sock.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn restore(name: &str, dir: &Path, extra: &[&str]) -> ApiVm {
+    let sock = socket_path(name);
+    let mut args = vec![
+        "--restore".to_string(),
+        dir.display().to_string(),
+        "--api-socket".to_string(),
+        sock.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ApiVm::spawn(sock, &args)
+}
+
+/// Pauses `vm`, snapshots it into `dir` and kills it; returns the API's answer.
+fn snapshot_and_kill(vm: ApiVm, dir: &Path) -> serde_json::Value {
+    assert_eq!(curl(&vm.sock, "PUT", "/vm/pause", None).0, 204);
+    let body = format!(r#"{{"path": "{}"}}"#, dir.display());
+    let (code, answer) = curl(&vm.sock, "PUT", "/vm/snapshot", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    vm.signal(libc::SIGKILL);
+    let _ = vm.wait(LIMIT);
+    json(&answer)
+}
+
+/// Boots `test=lines`, has it answer two lines, snapshots it into `dir`, kills it.
+fn lines_snapshot(name: &str, dir: &Path) -> serde_json::Value {
+    let sock = socket_path(name);
+    let mut vm = ApiVm::spawn(sock.clone(), &boot_args(&sock, "test=lines", &[]));
+    vm.wait_for("lines: ready\n");
+    vm.send(b"alpha\n");
+    vm.wait_for("line 1: alpha\n");
+    vm.send(b"beta\n");
+    vm.wait_for("line 2: beta\n");
+    snapshot_and_kill(vm, dir)
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn a_restored_guest_continues_where_it_was_paused() {
+    let dir = snapshot_dir("continue");
+    let saved = lines_snapshot("continue", &dir);
+    assert_eq!(saved["memory_bytes"], 32 << 20, "{saved}");
+    let data = saved["memory_data_bytes"].as_u64().unwrap();
+    assert!(
+        data > 0 && data < 8 << 20,
+        "holes stay holes: {data} bytes of data in a 32 MiB guest that touched little"
+    );
+    for file in ["state", "memory"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{file} missing in {}",
+            dir.display()
+        );
+    }
+
+    let mut vm = restore("continue-restored", &dir, &[]);
+    vm.send(b"gamma\n");
+    vm.wait_for("line 3: gamma\n");
+    let out = vm.stdout();
+    assert!(
+        !out.contains("ready") && !out.contains("line 1"),
+        "the restored guest started over: {out:?}"
+    );
+    let (code, body) = curl(&vm.sock, "GET", "/vm", None);
+    assert_eq!(
+        (code, json(&body)["state"].clone()),
+        (200, "running".into())
+    );
+    vm.send(b"quit\n");
+    vm.wait_for("lines: done\n");
+    let (status, stderr) = vm.wait(LIMIT);
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn two_vms_restored_from_one_snapshot_run_at_once() {
+    let dir = snapshot_dir("twins");
+    lines_snapshot("twins", &dir);
+    let mut a = restore("twins-a", &dir, &[]);
+    let mut b = restore("twins-b", &dir, &[]);
+    a.send(b"from a\n");
+    b.send(b"from b\n");
+    a.wait_for("line 3: from a\n");
+    b.wait_for("line 3: from b\n");
+    a.send(b"again a\n");
+    a.wait_for("line 4: again a\n");
+    assert!(!b.stdout().contains("line 4"), "the two guests share state");
+    for mut vm in [a, b] {
+        vm.send(b"quit\n");
+        let (status, stderr) = vm.wait(LIMIT);
+        assert_eq!(status, Some(0), "{stderr}");
+    }
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn restore_paused_waits_for_resume() {
+    let dir = snapshot_dir("paused");
+    lines_snapshot("paused", &dir);
+    let mut vm = restore("paused-restored", &dir, &["--restore-paused"]);
+    let (code, body) = curl(&vm.sock, "GET", "/vm", None);
+    assert_eq!((code, json(&body)["state"].clone()), (200, "paused".into()));
+    vm.send(b"early\n");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !vm.stdout().contains("line 3"),
+        "a paused VM answered: {:?}",
+        vm.stdout()
+    );
+    assert_eq!(curl(&vm.sock, "PUT", "/vm/resume", None).0, 204);
+    vm.wait_for("line 3: early\n");
+    vm.signal(libc::SIGTERM);
+    let (status, stderr) = vm.wait(LIMIT);
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn snapshot_requests_that_cannot_work_are_refused_and_the_vm_runs_on() {
+    let sock = socket_path("refused");
+    let mut vm = ApiVm::spawn(sock.clone(), &boot_args(&sock, "test=lines", &[]));
+    vm.wait_for("lines: ready\n");
+    let dir = snapshot_dir("refused");
+    let body = format!(r#"{{"path": "{}"}}"#, dir.display());
+    let (code, answer) = curl(&sock, "PUT", "/vm/snapshot", Some(&body));
+    assert_eq!(code, 400, "{answer}");
+    assert!(error_of(&answer).contains("pause it first"), "{answer}");
+    assert!(!dir.exists(), "a refused snapshot left {}", dir.display());
+
+    assert_eq!(curl(&sock, "PUT", "/vm/pause", None).0, 204);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("keep"), b"mine").unwrap();
+    let (code, answer) = curl(&sock, "PUT", "/vm/snapshot", Some(&body));
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        error_of(&answer).contains("not an empty directory"),
+        "{answer}"
+    );
+    assert_eq!(std::fs::read(dir.join("keep")).unwrap(), b"mine");
+    for bad in [
+        "",
+        "{}",
+        r#"{"path": 7}"#,
+        r#"{"path": "/tmp/x", "extra": 1}"#,
+    ] {
+        let (code, answer) = curl(&sock, "PUT", "/vm/snapshot", Some(bad));
+        assert_eq!(code, 400, "{bad:?}: {answer}");
+        assert!(error_of(&answer).contains("\"path\""), "{answer}");
+    }
+    assert_eq!(curl(&sock, "GET", "/vm/snapshot", None).0, 405);
+
+    assert_eq!(curl(&sock, "PUT", "/vm/resume", None).0, 204);
+    vm.send(b"still here\n");
+    vm.wait_for("line 1: still here\n");
+    vm.signal(libc::SIGTERM);
+    let (status, stderr) = vm.wait(LIMIT);
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+/// Runs `vmm --restore dir`: its exit code, stdout and stderr.
+fn restore_once(dir: &Path) -> (Option<i32>, String, String) {
+    let run = common::run_vmm(&["--restore", &dir.display().to_string()], b"", LIMIT);
+    (run.code(), run.stdout_str(), run.stderr)
+}
+
+fn copy_snapshot(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for file in ["state", "memory"] {
+        // cp keeps the memory file sparse.
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(from.join(file))
+            .arg(to.join(file))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn assert_refused(dir: &Path, what: &str, reason: &str) {
+    let (code, stdout, stderr) = restore_once(dir);
+    assert_eq!(code, Some(2), "{what}: stderr {stderr}");
+    assert!(stderr.contains(reason), "{what}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    assert!(stdout.is_empty(), "{what}: the guest ran: {stdout:?}");
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn corrupt_truncated_and_mismatched_snapshots_are_clear_errors() {
+    let good = snapshot_dir("corrupt-good");
+    lines_snapshot("corrupt-good", &good);
+    let state = std::fs::read(good.join("state")).unwrap();
+    let bad = snapshot_dir("corrupt-bad");
+
+    // Truncated at many offsets: in the header, in the payload, one byte short.
+    let mut cuts: Vec<usize> = vec![0, 1, 7, 8, 12, 20, 23, 24, 25, state.len() - 1];
+    cuts.extend((1..8).map(|i| state.len() * i / 8));
+    for cut in cuts {
+        copy_snapshot(&good, &bad);
+        std::fs::write(bad.join("state"), &state[..cut]).unwrap();
+        assert_refused(&bad, &format!("state cut at {cut}"), "truncated");
+    }
+    // Random byte flips anywhere in the state file (a fixed-seed xorshift, so a failure
+    // reproduces).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..24 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = (x % state.len() as u64) as usize;
+        let flip = ((x >> 32) as u8) | 1;
+        let mut corrupt = state.clone();
+        corrupt[at] ^= flip;
+        copy_snapshot(&good, &bad);
+        std::fs::write(bad.join("state"), &corrupt).unwrap();
+        let reason = match at {
+            0..8 => "no VMMSNAP magic",
+            8..12 => "format version",
+            12..20 => "than its header says",
+            _ => "checksum does not match",
+        };
+        let reason = if (12..20).contains(&at) {
+            // A length that grows says "truncated"/"implausible", one that shrinks "longer".
+            "cannot restore the snapshot"
+        } else {
+            reason
+        };
+        assert_refused(&bad, &format!("byte {at} ^ {flip:#x}"), reason);
+    }
+    // Another format version is named.
+    let mut other = state.clone();
+    other[8..12].copy_from_slice(&2u32.to_le_bytes());
+    copy_snapshot(&good, &bad);
+    std::fs::write(bad.join("state"), &other).unwrap();
+    assert_refused(&bad, "version 2", "format version 2");
+    // The memory file: truncated, missing.
+    copy_snapshot(&good, &bad);
+    let memory = std::fs::OpenOptions::new()
+        .write(true)
+        .open(bad.join("memory"))
+        .unwrap();
+    memory.set_len((32 << 20) - 4096).unwrap();
+    assert_refused(&bad, "memory truncated", "the memory file holds");
+    std::fs::remove_file(bad.join("memory")).unwrap();
+    assert_refused(&bad, "memory missing", "memory");
+    // Not a snapshot directory at all.
+    assert_refused(&snapshot_dir("nothing-here"), "absent", "cannot read");
+    // And the good one still restores.
+    let mut vm = restore("corrupt-good-restored", &good, &[]);
+    vm.send(b"fine\n");
+    vm.wait_for("line 3: fine\n");
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait(LIMIT).0, Some(0));
+}
+
+/// A raw disk image of `sectors` 512-byte sectors, made with the standard `truncate`.
+fn disk_image(name: &str, sectors: u64) -> PathBuf {
+    let path = common::scratch(&format!("snapshot-{name}.img"));
+    let _ = std::fs::remove_file(&path);
+    let status = Command::new("truncate")
+        .arg("-s")
+        .arg((sectors * 512).to_string())
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn a_restored_disk_continues_its_queue_and_its_writes_reach_the_image() {
+    let image = disk_image("blk", 64);
+    let drive = format!("path={}", image.display());
+    let sock = socket_path("blk");
+    let mut vm = ApiVm::spawn(
+        sock.clone(),
+        &boot_args(&sock, "test=blklines", &["--drive", &drive]),
+    );
+    vm.wait_for("blklines: ready\n");
+    vm.send(b"w 3 before\n");
+    vm.wait_for("blklines: used 1 status 0\n");
+    vm.send(b"r 3\n");
+    vm.wait_for("blklines: used 2 status 0 data before..........\n");
+    let dir = snapshot_dir("blk");
+    snapshot_and_kill(vm, &dir);
+
+    let mut vm = restore("blk-restored", &dir, &[]);
+    // The queue goes on from the third request: nothing replayed, nothing lost.
+    vm.send(b"r 3\n");
+    vm.wait_for("blklines: used 3 status 0 data before..........\n");
+    vm.send(b"w 5 after restore\n");
+    vm.wait_for("blklines: used 4 status 0\n");
+    vm.send(b"quit\n");
+    vm.wait_for("blklines: done\n");
+    let (status, stderr) = vm.wait(LIMIT);
+    assert_eq!(status, Some(0), "{stderr}");
+    let bytes = std::fs::read(&image).unwrap();
+    assert_eq!(&bytes[3 * 512..3 * 512 + 6], b"before");
+    assert_eq!(&bytes[5 * 512..5 * 512 + 13], b"after restore");
+
+    // A snapshot whose disk is gone is refused, naming the disk.
+    std::fs::remove_file(&image).unwrap();
+    assert_refused(&dir, "disk missing", &image.display().to_string());
+}
