@@ -26,6 +26,15 @@ guest from tests/guests/):
   api-*        vmm alone, without and with --api-socket (alternating; a table of its own):
                spawn → first serial line (test=hello), and peak RSS (VmHWM) once the guest
                idles (test=halt), with the API after it has answered GET /vm and GET /vm/exits
+  snapshot-*   restore against cold boot (a table of its own), on a SNAP_MIB MiB guest
+               (test=lines, which answers each input line with its number): cold boot →
+               the guest's first byte; restore → the restored guest's answer to a line
+               written to its stdin at spawn; peak RSS after that answer, also for a snapshot
+               of a 4x larger guest. The snapshots are taken once, before the runs: vmm's with
+               PUT /vm/pause + PUT /vm/snapshot, QEMU's with its monitor's `migrate
+               "exec:cat > FILE"` (restored with `-incoming "exec:cat FILE"`; QEMU drops
+               serial input that arrives while it loads, so the line is written once its
+               monitor says `running`, polled every millisecond)
 
 Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--guest PATH] [--only GROUPS]
 """
@@ -91,9 +100,9 @@ def qemu_cmd(_vmm, guest, cmdline, disk=None, debug_fifo=None, netns=None):
 class Spawned:
     """A VMM process with stdout read incrementally, timed from just before spawn."""
 
-    def __init__(self, argv, stderr=subprocess.DEVNULL):
+    def __init__(self, argv, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL):
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
                                      stderr=stderr)
         self.buf = b""
 
@@ -250,6 +259,132 @@ def api_run(vmm, guest, i):
             s.drain_and_wait()
             if os.path.exists(sock):
                 raise RuntimeError("the API socket was left behind")
+    return out
+
+
+SNAP_MIB = 128
+
+
+def api_request(sock_path, method, path, body=b""):
+    """One request on vmm's API socket; returns (status code, body)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(sock_path)
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), answer.split(b"\r\n\r\n", 1)[-1]
+
+
+def wait_path(path, what, limit=10.0):
+    deadline = time.perf_counter() + limit
+    while not os.path.exists(path):
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{what} never appeared")
+        time.sleep(0.0005)
+
+
+def lines_cmd(name, vmm, guest, mem_mib):
+    if name == "vmm":
+        return [vmm, "--kernel", guest, "--memory", str(mem_mib), "--cmdline", "test=lines"]
+    argv = QEMU + ["-kernel", guest, "-append", "test=lines"]
+    return argv[:argv.index("-m")] + ["-m", str(mem_mib)] + argv[argv.index("-m") + 2:]
+
+
+class QemuMonitor:
+    """QEMU's human monitor on a Unix socket."""
+
+    def __init__(self, path):
+        wait_path(path, "QEMU's monitor socket")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except OSError:
+                time.sleep(0.0005)
+        self.seen = b""
+
+    def ask(self, command, until, limit=60.0):
+        """Sends `command` every millisecond until the answers contain `until`."""
+        deadline = time.perf_counter() + limit
+        self.seen = b""
+        while until not in self.seen:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"QEMU monitor: {command!r} never gave {until!r}")
+            self.sock.sendall(command.encode() + b"\n")
+            r, _, _ = select.select([self.sock], [], [], 0.001)
+            if r:
+                self.seen += self.sock.recv(65536)
+
+    def close(self):
+        self.sock.close()
+
+
+def take_snapshot(name, vmm, guest, mem_mib, where):
+    """Boots test=lines, has it answer one line, and saves it: vmm into the directory
+    `where`, QEMU into the migration file `where`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "ctl.sock")
+        extra = (["--api-socket", sock] if name == "vmm"
+                 else ["-monitor", f"unix:{sock},server,nowait"])
+        s = Spawned(lines_cmd(name, vmm, guest, mem_mib) + extra, stdin=subprocess.PIPE)
+        s.wait_for(b"lines: ready\n")
+        s.proc.stdin.write(b"one\n")
+        s.proc.stdin.flush()
+        s.wait_for(b"line 1: one\n")
+        if name == "vmm":
+            wait_path(sock, "vmm's API socket")
+            for method, path, body in [("PUT", "/vm/pause", b""),
+                                       ("PUT", "/vm/snapshot", f'{{"path": "{where}"}}'.encode())]:
+                code, answer = api_request(sock, method, path, body)
+                if code not in (200, 204):
+                    raise RuntimeError(f"{method} {path}: {code} {answer!r}")
+        else:
+            mon = QemuMonitor(sock)
+            mon.ask(f'migrate "exec:cat > {where}"', b"(qemu)")
+            mon.ask("info migrate", b"completed")
+            mon.close()
+        s.proc.kill()
+        s.drain_and_wait()
+
+
+def snapshot_run(name, vmm, guest, snaps):
+    """Cold boot, then restore of each snapshot; the answer to a line typed at spawn."""
+    out = {}
+    s = Spawned(lines_cmd(name, vmm, guest, SNAP_MIB), stdin=subprocess.PIPE)
+    out["snapshot-cold"] = s.wait_for(b"l") * 1000.0
+    s.wait_for(b"lines: ready\n")
+    time.sleep(0.02)
+    out["snapshot-cold-rss"] = vm_hwm_kib(s.proc.pid) / 1024.0
+    s.proc.kill()
+    s.drain_and_wait()
+    for mib, where in snaps[name].items():
+        with tempfile.TemporaryDirectory() as tmp:
+            if name == "vmm":
+                s = Spawned([vmm, "--restore", where], stdin=subprocess.PIPE)
+                s.proc.stdin.write(b"two\n")
+                s.proc.stdin.flush()
+            else:
+                mon_path = os.path.join(tmp, "mon.sock")
+                s = Spawned(lines_cmd(name, vmm, guest, mib) + [
+                    "-incoming", f"exec:cat {where}", "-monitor", f"unix:{mon_path},server,nowait"],
+                    stdin=subprocess.PIPE)
+                mon = QemuMonitor(mon_path)
+                mon.ask("info status", b"status: running")
+                mon.close()
+                s.proc.stdin.write(b"two\n")
+                s.proc.stdin.flush()
+            answered = s.wait_for(b"line 2: two\n") * 1000.0
+            time.sleep(0.02)
+            rss = vm_hwm_kib(s.proc.pid) / 1024.0
+            s.proc.kill()
+            s.drain_and_wait()
+        suffix = "" if mib == SNAP_MIB else f"-{mib}"
+        out[f"snapshot-restore{suffix}"] = answered
+        out[f"snapshot-restore-rss{suffix}"] = rss
     return out
 
 
@@ -435,6 +570,16 @@ ROWS = [
     ("net-rx-mib", "virtio-net host → guest throughput", "MiB/s", True),
 ]
 
+SNAP_ROWS = [
+    ("snapshot-cold", f"cold boot: spawn → the guest's first byte ({SNAP_MIB} MiB)", "ms"),
+    ("snapshot-restore", f"restore: spawn → the restored guest's answer ({SNAP_MIB} MiB)", "ms"),
+    ("snapshot-restore-512", f"restore: spawn → the answer ({4 * SNAP_MIB} MiB guest)", "ms"),
+    ("snapshot-cold-rss", "peak RSS, cold boot, once the guest is ready", "MiB"),
+    ("snapshot-restore-rss", f"peak RSS after the restored guest's answer ({SNAP_MIB} MiB)",
+     "MiB"),
+    ("snapshot-restore-rss-512", f"the same, {4 * SNAP_MIB} MiB guest", "MiB"),
+]
+
 API_ROWS = [
     ("first-line", "spawn → first serial line", "ms"),
     ("peak-rss", "peak RSS once the guest idles (with the API: after GET /vm, GET /vm/exits)",
@@ -452,7 +597,8 @@ def main():
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/vmm"))
     ap.add_argument("--guest", default=None)
     ap.add_argument("--only", default=None,
-                    help="comma-separated groups to run: hello,ld,floor,idle,serial,blk,net,api")
+                    help="comma-separated groups to run: "
+                         "hello,ld,floor,idle,serial,blk,net,api,snapshot")
     args = ap.parse_args()
 
     if args.guest is None:
@@ -475,6 +621,17 @@ def main():
     else:
         print("net rows skipped: creating a network namespace with a TAP needs root", file=sys.stderr)
 
+    snap_tmp = None
+    snaps = {}
+    if only is None or "snapshot" in only:
+        snap_tmp = tempfile.TemporaryDirectory()
+        for name in ("vmm", "qemu"):
+            snaps[name] = {}
+            for mib in (SNAP_MIB, 4 * SNAP_MIB):
+                where = os.path.join(snap_tmp.name, f"{name}-{mib}")
+                take_snapshot(name, args.vmm, args.guest, mib, where)
+                snaps[name][mib] = where
+
     results = {"vmm": {}, "qemu": {}}
     for i in range(args.runs):
         # Alternate which VMM goes first, so neither always runs on a warmer machine.
@@ -494,6 +651,7 @@ def main():
                                         args.net_frames) if netns else {}),
                 # vmm against itself: run once per round, in vmm's turn.
                 ("api", lambda: api_run(args.vmm, args.guest, i) if name == "vmm" else {}),
+                ("snapshot", lambda: snapshot_run(name, args.vmm, args.guest, snaps)),
             ]
             for group, run in groups:
                 if only is not None and group not in only:
@@ -503,6 +661,8 @@ def main():
         print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
     if netns:
         netns.close()
+    if snap_tmp:
+        snap_tmp.cleanup()
 
     def fmt(vals):
         return f"{statistics.median(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
@@ -528,6 +688,15 @@ def main():
             diff = statistics.median(on) - statistics.median(off)
             print(f"| {label} | {unit} | {fmt(off)} | {fmt(on)} | {diff:+.2f} |")
         print(f"\n{args.runs} runs each, alternating; guest RAM {MEM_MIB} MiB.")
+    if "snapshot-restore" in results["vmm"]:
+        print("\n| metric | unit | vmm median (min–max) | QEMU microvm median (min–max) "
+              "| vmm/QEMU |")
+        print("|---|---|---|---|---|")
+        for key, label, unit in SNAP_ROWS:
+            v, q = results["vmm"][key], results["qemu"][key]
+            ratio = statistics.median(v) / statistics.median(q)
+            print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
+        print(f"\n{args.runs} runs each, alternating.")
 
 
 if __name__ == "__main__":
