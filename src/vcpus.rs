@@ -14,7 +14,7 @@ use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boot::loader::EntryPoint;
 use devices::IoBuses;
@@ -311,12 +311,13 @@ struct VcpuThread {
     index: u8,
     handle: JoinHandle<()>,
     setup: mpsc::Sender<(Arc<Vm>, Start)>,
-    configured: mpsc::Receiver<Result<(), vcpu::Error>>,
+    /// When the vCPU was configured (a restore sets the guest's clock relative to it).
+    configured: mpsc::Receiver<Result<Instant, vcpu::Error>>,
     go: mpsc::Sender<Go>,
 }
 
 /// The vCPU threads not yet let run; dropped (on an error path), they end and are joined.
-pub struct VcpuThreads(Vec<VcpuThread>);
+pub struct VcpuThreads(Vec<VcpuThread>, Option<Instant>);
 
 impl Drop for VcpuThreads {
     fn drop(&mut self) {
@@ -331,6 +332,26 @@ impl Drop for VcpuThreads {
 }
 
 impl VcpuThreads {
+    /// Waits until every vCPU is configured (or one failed: its error); returns when vCPU 0
+    /// was.
+    pub fn wait_configured(&mut self) -> Result<Instant, vcpu::Error> {
+        if let Some(first) = self.1 {
+            return Ok(first);
+        }
+        let mut first = None;
+        for thread in &self.0 {
+            // A closed channel: the thread ended (panicked) before it could say.
+            let result = thread.configured.recv().unwrap_or(Err(vcpu::Error::Thread {
+                index: thread.index,
+            }));
+            first.get_or_insert(result?);
+        }
+        let first = first.unwrap_or_else(Instant::now);
+        self.1 = Some(first);
+        timeline::mark("vCPUs configured");
+        Ok(first)
+    }
+
     /// Sends every thread the VM and the kernel's entry point (for vCPU 0, the boot processor).
     pub fn setup(&self, vm: &Arc<Vm>, entry: EntryPoint) {
         for thread in &self.0 {
@@ -353,7 +374,7 @@ impl VcpuThreads {
 
 /// Starts one thread per vCPU; vCPU 0 is the boot processor.
 pub fn spawn(mem: &GuestMemoryMmap, exit: &Arc<VmExit>, cpus: u8) -> io::Result<VcpuThreads> {
-    let mut threads = VcpuThreads(Vec::with_capacity(usize::from(cpus)));
+    let mut threads = VcpuThreads(Vec::with_capacity(usize::from(cpus)), None);
     for index in 0..cpus {
         let (mem, exit) = (mem.clone(), exit.clone());
         let (setup, setup_rx) = mpsc::channel::<(Arc<Vm>, Start)>();
@@ -378,7 +399,7 @@ pub fn spawn(mem: &GuestMemoryMmap, exit: &Arc<VmExit>, cpus: u8) -> io::Result<
                 drop(vm);
                 let vcpu = match vcpu {
                     Ok(vcpu) => {
-                        let _ = configured_tx.send(Ok(()));
+                        let _ = configured_tx.send(Ok(Instant::now()));
                         vcpu
                     }
                     Err(e) => {
@@ -437,14 +458,7 @@ pub fn start(
     stats: &ExitStats,
     paused: bool,
 ) -> Result<Vcpus, vcpu::Error> {
-    for thread in &threads.0 {
-        // A closed channel: the thread ended (panicked) before it could say.
-        let result = thread.configured.recv().unwrap_or(Err(vcpu::Error::Thread {
-            index: thread.index,
-        }));
-        result?;
-    }
-    timeline::mark("vCPUs configured");
+    threads.wait_configured()?;
     let control = Arc::new(VcpuControl::default());
     if paused {
         control.start_paused();
@@ -492,7 +506,6 @@ mod tests {
     use super::*;
 
     use std::sync::atomic::AtomicUsize;
-    use std::time::Instant;
 
     /// Threads that stand in for vCPUs: they loop, counting, and park when asked.
     struct FakeVcpus {

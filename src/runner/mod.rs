@@ -413,6 +413,7 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         api_socket: config.api_socket.clone(),
         exit_stats: config.exit_stats,
         paused: false,
+        saved_vm: None,
     })
 }
 
@@ -429,6 +430,8 @@ struct Machine {
     exit_stats: bool,
     /// Start with the vCPUs parked (`--restore-paused`).
     paused: bool,
+    /// A restored VM's saved state, whose clock is set once the vCPUs are configured.
+    saved_vm: Option<snapshot::state::KvmVmState>,
 }
 
 /// Runs the event loop and the vCPUs until the VM stops, then stops the vCPUs; says why the
@@ -445,6 +448,7 @@ fn run(machine: Machine) -> Result<(ExitReason, Option<u8>), Error> {
         api_socket,
         exit_stats,
         paused,
+        saved_vm,
     } = machine;
     let Devices {
         io,
@@ -480,6 +484,16 @@ fn run(machine: Machine) -> Result<(ExitReason, Option<u8>), Error> {
         io.pio.names(),
         io.mmio.names(),
     ));
+    let mut vcpu_threads = vcpu_threads;
+    let configured_at = vcpu_threads.wait_configured()?;
+    if let Some(saved) = &saved_vm {
+        snapshot::state::restore_clock(&vm.fd, saved, configured_at).map_err(|message| {
+            Error::Restore {
+                what: "the VM's clock",
+                message,
+            }
+        })?;
+    }
     let vcpus = vcpus::start(vcpu_threads, &io, &stats, paused)?;
     // The API comes up only now, off the path to the first vCPU entry. The socket file is
     // removed when this guard drops, however run ends.

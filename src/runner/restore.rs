@@ -131,5 +131,6 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(ExitReason, Option<u8>), Er
         api_socket: config.api_socket.clone(),
         exit_stats: config.exit_stats,
         paused: config.paused,
+        saved_vm: Some(vm_state),
     })
 }

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::serial::SerialDevice;
 use devices::virtio::mmio::MmioTransport;
@@ -132,8 +132,8 @@ fn prepare_dir(dir: &Path) -> Result<(), SaveError> {
     }
 }
 
-/// Reads every vCPU's state on its own (parked) thread.
-fn save_vcpus(src: &Source) -> Result<Vec<VcpuState>, SaveError> {
+/// Reads every vCPU's state on its own (parked) thread; also says when vCPU 0's was read.
+fn save_vcpus(src: &Source) -> Result<(Vec<VcpuState>, Instant), SaveError> {
     let msr_indices = src
         .vm
         .kvm
@@ -143,13 +143,14 @@ fn save_vcpus(src: &Source) -> Result<Vec<VcpuState>, SaveError> {
         .to_vec();
     let cpus = usize::from(src.config.cpus);
     // One slot per vCPU, filled by its thread.
-    type Results = Mutex<Vec<Option<Result<VcpuState, String>>>>;
+    type Results = Mutex<Vec<Option<Result<(VcpuState, Instant), String>>>>;
     let results: Arc<Results> = Arc::new(Mutex::new((0..cpus).map(|_| None).collect()));
     let task: ParkedTask = {
         let results = results.clone();
         Arc::new(move |vcpu| {
-            let result =
-                state::save_vcpu(&vcpu.fd, &vcpu.cpuid, &msr_indices).map_err(|e| e.to_string());
+            let result = state::save_vcpu(&vcpu.fd, &vcpu.cpuid, &msr_indices)
+                .map(|state| (state, Instant::now()))
+                .map_err(|e| e.to_string());
             if let Some(slot) = lock(&results).get_mut(usize::from(vcpu.index)) {
                 *slot = Some(result);
             }
@@ -162,15 +163,20 @@ fn save_vcpus(src: &Source) -> Result<Vec<VcpuState>, SaveError> {
             e => SaveError::State(e.to_string()),
         })?;
     let mut results = lock(&results);
-    results
+    let mut first_read = None;
+    let states = results
         .iter_mut()
         .enumerate()
         .map(|(i, r)| match r.take() {
-            Some(Ok(state)) => Ok(state),
+            Some(Ok((state, at))) => {
+                first_read.get_or_insert(at);
+                Ok(state)
+            }
             Some(Err(e)) => Err(SaveError::State(format!("vCPU {i}: {e}"))),
             None => Err(SaveError::State(format!("vCPU {i} did not answer"))),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((states, first_read.unwrap_or_else(Instant::now)))
 }
 
 /// Writes a snapshot of the paused VM `src` into `dir` (created if missing; it must be
@@ -187,8 +193,9 @@ pub fn save(src: &Source, dir: &Path) -> Result<Saved, SaveError> {
         ));
     }
     prepare_dir(dir)?;
-    let vcpus = save_vcpus(src)?;
-    let vm = state::save_vm(&src.vm.fd).map_err(|e| SaveError::State(e.to_string()))?;
+    let (vcpus, tsc_read_at) = save_vcpus(src)?;
+    let vm =
+        state::save_vm(&src.vm.fd, tsc_read_at).map_err(|e| SaveError::State(e.to_string()))?;
     let serial = lock(&src.serial).state();
     let virtio = src.transports.iter().map(|t| lock(t).state()).collect();
     let state = VmState {

@@ -10,8 +10,11 @@
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
-    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    CpuId, Msrs, KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE,
 };
+use std::time::Instant;
+
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
@@ -52,8 +55,11 @@ pub struct KvmVmState {
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
     pub pit: kvm_pit_state2,
-    /// kvmclock: the guest's clock continues from this value (see [`restore_vm`]).
+    /// kvmclock: the guest's clock continues from this value (see [`restore_clock`]).
     pub clock: kvm_clock_data,
+    /// How long after vCPU 0's TSC was read the clock was (ns): the restore keeps the guest's
+    /// TSC and kvmclock this far apart, as they were.
+    pub clock_read_after_tsc_ns: u64,
 }
 
 /// One vCPU.
@@ -224,8 +230,12 @@ fn irqchip(chip_id: u32) -> kvm_irqchip {
     }
 }
 
-/// Reads the VM's interrupt controllers, PIT and clock.
-pub fn save_vm(fd: &VmFd) -> Result<KvmVmState, KvmCallError> {
+/// Reads the VM's clock, interrupt controllers and PIT; `tsc_read_at` is when vCPU 0's TSC
+/// was read.
+pub fn save_vm(fd: &VmFd, tsc_read_at: Instant) -> Result<KvmVmState, KvmCallError> {
+    let clock = call("KVM_GET_CLOCK", fd.get_clock())?;
+    let clock_read_after_tsc_ns =
+        u64::try_from(tsc_read_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let mut chips = [
         irqchip(KVM_IRQCHIP_PIC_MASTER),
         irqchip(KVM_IRQCHIP_PIC_SLAVE),
@@ -240,14 +250,13 @@ pub fn save_vm(fd: &VmFd) -> Result<KvmVmState, KvmCallError> {
         pic_slave,
         ioapic,
         pit: call("KVM_GET_PIT2", fd.get_pit2())?,
-        clock: call("KVM_GET_CLOCK", fd.get_clock())?,
+        clock,
+        clock_read_after_tsc_ns,
     })
 }
 
-/// Writes the VM-wide state into a new VM (its irqchip and PIT created). The clock is set to
-/// the saved value with no flags: the guest's time goes on from the moment of the snapshot,
-/// not from the wall-clock time of the restore (Firecracker does the same; the guest's NTP or
-/// `hwclock` puts the wall clock right).
+/// Writes the saved interrupt controllers and PIT into a new VM (its irqchip and PIT
+/// created); the clock comes later ([`restore_clock`]).
 pub fn restore_vm(fd: &VmFd, state: &KvmVmState) -> Result<(), String> {
     let chips = [
         (KVM_IRQCHIP_PIC_MASTER, &state.pic_master),
@@ -267,12 +276,35 @@ pub fn restore_vm(fd: &VmFd, state: &KvmVmState) -> Result<(), String> {
     for (_, chip) in chips {
         call("KVM_SET_IRQCHIP", fd.set_irqchip(chip)).map_err(kvm)?;
     }
+    Ok(())
+}
+
+/// Sets kvmclock to the saved value with no flags: the guest's time goes on from the moment of
+/// the snapshot, not from the wall-clock time of the restore (Firecracker does the same; the
+/// guest's NTP or `hwclock` puts the wall clock right). `tsc_set_at` is when vCPU 0 got its
+/// saved TSC: the clock is set so that the two stand as far apart as when they were saved
+/// (a gap makes Linux's clocksource watchdog distrust the TSC: `Marking clocksource 'tsc'
+/// as unstable because the skew is too large`; measured in the nested test host, the gap
+/// was 17 ms with the clock set as saved, 7 ms in the other direction with it
+/// corrected by the time between the two reads at save; TCG's timing varies by that much).
+pub fn restore_clock(fd: &VmFd, saved: &KvmVmState, tsc_set_at: Instant) -> Result<(), String> {
+    let since_tsc = u64::try_from(tsc_set_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    // With KVM's master clock (a stable host TSC: `KVM_CLOCK_TSC_STABLE`), KVM_SET_CLOCK
+    // sets the clock as of the master clock's last update, which writing the TSC made: the
+    // clock then starts where the TSC did. Without it, the clock starts now, after the TSC.
+    let master_clock = fd
+        .get_clock()
+        .is_ok_and(|c| c.flags & KVM_CLOCK_TSC_STABLE != 0);
+    let value = saved
+        .clock
+        .clock
+        .saturating_sub(saved.clock_read_after_tsc_ns)
+        .saturating_add(if master_clock { 0 } else { since_tsc });
     let clock = kvm_clock_data {
-        clock: state.clock.clock,
+        clock: value,
         ..Default::default()
     };
-    call("KVM_SET_CLOCK", fd.set_clock(&clock)).map_err(kvm)?;
-    Ok(())
+    call("KVM_SET_CLOCK", fd.set_clock(&clock)).map_err(|e| e.to_string())
 }
 
 /// CPUID bits the CPU itself changes as the guest runs (they mirror a control register), so a
