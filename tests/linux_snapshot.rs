@@ -1,7 +1,7 @@
 //! Snapshot and restore of a real Linux guest (the default kernel and root disk, with
 //! virtio-blk and virtio-net), where this host allows a full boot: right here on hardware
-//! virtualization, or in the nested test host (see tests/linux.rs). The guest is booted to a
-//! shell that runs each line typed on its console, paused and snapshotted through the API,
+//! virtualization, or in the nested test host (see tests/linux.rs). The guest (2 vCPUs) is
+//! booted to a shell that runs each line typed on its console, paused and snapshotted through the API,
 //! its VMM killed; a new VMM restores it, and the shell answers the next line, a file it
 //! writes reaches the disk image, and it pings the host over the same TAP.
 //!
@@ -48,7 +48,7 @@ fn linux_restored_from_a_snapshot_answers_writes_its_disk_and_pings() {
             r#"tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
 cp rootfs.ext4 snap.ext4
 mkfifo in1 in2
-./vmm --kernel vmlinux --memory 128 --rootfs snap.ext4 --net tap=tap0 --api-socket api1.sock --cmdline "{JOB_CMDLINE} vmmcmd=\"{shell}\"" < in1 > before.log 2>&1 &
+./vmm --kernel vmlinux --memory 128 --cpus 2 --rootfs snap.ext4 --net tap=tap0 --api-socket api1.sock --cmdline "{JOB_CMDLINE} vmmcmd=\"{shell}\"" < in1 > before.log 2>&1 &
 vmm=$!
 exec 3>in1
 {wait_start}
@@ -67,7 +67,7 @@ ls -ls /tmp/snap
 ./vmm --restore /tmp/snap --api-socket api2.sock < in2 > after.log 2>&1 &
 vmm=$!
 exec 4>in2
-echo 'echo AFTER-$((6*7)); echo written-after-restore > /root/after; sync; echo SYNCED' >&4
+echo 'echo AFTER-$((6*7)) CPUS-$(cat /sys/devices/system/cpu/online); echo written-after-restore > /root/after; sync; echo SYNCED' >&4
 {wait_synced}
 echo 'ping -c 2 -W 5 10.0.2.1 >/dev/null && echo GUEST-PING-AFTER-OK' >&4
 {wait_ping_after}
