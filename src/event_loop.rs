@@ -17,6 +17,8 @@ use crate::signals::SignalEvent;
 pub struct StdinInput {
     serial: Arc<Mutex<SerialDevice>>,
     stdin: std::io::Stdin,
+    /// Whether the first input was marked on the boot timeline.
+    seen_input: bool,
 }
 
 impl StdinInput {
@@ -24,6 +26,7 @@ impl StdinInput {
         StdinInput {
             serial,
             stdin: std::io::stdin(),
+            seen_input: false,
         }
     }
 }
@@ -52,6 +55,10 @@ impl MutEventSubscriber for StdinInput {
                 let _ = ops.remove(events);
             }
             Ok(n) => {
+                if !self.seen_input {
+                    self.seen_input = true;
+                    crate::timeline::mark("first input from stdin");
+                }
                 let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = serial.enqueue_input(&buf[..n]) {
                     log::warn!("cannot pass input to the guest's serial port: {e}");

@@ -494,6 +494,10 @@ fn run(machine: Machine) -> Result<(ExitReason, Option<u8>), Error> {
             }
         })?;
     }
+    // What is already waiting (input typed before the start, a restored device's queue
+    // notifications) is handled before the guest runs, not after the event loop's first
+    // wake-up, which can come milliseconds after the vCPUs start.
+    manager.run_with_timeout(0).map_err(Error::EventLoop)?;
     let vcpus = vcpus::start(vcpu_threads, &io, &stats, paused)?;
     // The API comes up only now, off the path to the first vCPU entry. The socket file is
     // removed when this guard drops, however run ends.
