@@ -26,6 +26,14 @@ against each other, and not compared in the table). Rows:
   net-tx       TCP guest → L1: the guest sends NET_TX_MB MiB to `iobench sink` in L1, waits
                for it to close (`iobench put`)
   The blk and net rows come from one root-disk boot per VMM and run.
+  shell-*      vmm alone (a table of its own; --only snap): cold boot of the root disk →
+               the output of the command its init's shell runs (vmmcmd `echo SNAP-$((6*7))`),
+               against restore of a snapshot of that shell waiting for a line (vmmcmd a loop
+               that runs each line it reads): spawn of `vmm --restore` with the same command
+               already waiting on its stdin → its output. The
+               snapshot is taken once per test-host boot (PUT /vm/pause, PUT /vm/snapshot
+               through tests/guests/tools/vmm-api.c: no curl in L1), each restore runs on a
+               fresh copy of the disk as it was then.
 
 QEMU's flags: -M microvm,x-option-roms=off,rtc=off,isa-serial=on,pic=off,pit=off,acpi=off
 -enable-kvm -cpu host (compare.py's, with -cpu host), -device i8042 and -no-reboot so the
@@ -91,6 +99,40 @@ spawn() {  # spawn VMM RUN
     echo "BENCH $1 $2 spawn $t rc=$rc $(grep -a -o 'VMM-INIT-OK uptime=[0-9.]*' $log.log)"
 }
 
+SHELL="while read line; do eval \$line; done"
+
+shell_boot() {  # shell_boot RUN: vmm, the root disk booted to a shell that runs one command
+    log=$OUT/shell-boot-$1
+    cp rootfs.ext4 shell.img
+    t=$(./spawn-until -o $log.log -t 120 SNAP-42 ./vmm --kernel vmlinux --memory $MEM --cpus 1 \
+        --rootfs shell.img --cmdline "$C vmmcmd=\"echo SNAP-\$((6*7))\"" </dev/null 2>$log.err)
+    echo "BENCH vmm $1 shell-boot $t"
+}
+
+snap_take() {  # the snapshot of a shell waiting for a line, once per test-host boot
+    cp rootfs.ext4 snap.img
+    mkfifo snap.in
+    ./vmm --kernel vmlinux --memory $MEM --cpus 1 --rootfs snap.img --api-socket snap.sock \
+        --cmdline "$C vmmcmd=\"$SHELL\"" < snap.in > $OUT/snap-take.log 2>&1 &
+    v=$!
+    exec 5>snap.in
+    i=0; while ! grep -q VMM-CMD-START $OUT/snap-take.log && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+    sleep 1
+    ./vmm-api snap.sock PUT /vm/pause > /dev/null
+    ./vmm-api snap.sock PUT /vm/snapshot '{"path": "snapdir"}' >> $OUT/snap-take.log
+    kill -KILL $v; wait $v 2>/dev/null
+    exec 5>&-
+    cp snap.img snap.orig
+}
+
+snap_restore() {  # snap_restore RUN: the shell restored, a command waiting on its stdin
+    log=$OUT/snap-restore-$1
+    cp snap.orig snap.img
+    t=$(echo 'echo SNAP-$((6*7)); exit 0' | ./spawn-until -o $log.log -t 120 SNAP-42 \
+        ./vmm --timings --restore snapdir 2>$log.err)
+    echo "BENCH vmm $1 snap-restore $t"
+}
+
 io() {  # io VMM RUN
     log=$OUT/io-$1-$2
     cp rootfs.ext4 root.img
@@ -122,6 +164,7 @@ io() {  # io VMM RUN
 for v in vmm qemu; do
     case ",$ONLY," in *,spawn,*) spawn $v 0 ;; esac
 done
+case ",$ONLY," in *,snap,*) snap_take; shell_boot 0; snap_restore 0 ;; esac
 i=$FIRST
 while [ $i -le $LAST ]; do
     # Alternate which VMM goes first, so neither always runs on a warmer machine.
@@ -132,6 +175,10 @@ while [ $i -le $LAST ]; do
     for v in $order; do
         case ",$ONLY," in *,io,*) io $v $i ;; esac
     done
+    case ",$ONLY," in *,snap,*)
+        if [ $((i % 2)) = 1 ]; then shell_boot $i; snap_restore $i
+        else snap_restore $i; shell_boot $i; fi ;;
+    esac
     echo "BENCH-RUN $i done $(cut -d' ' -f1 /proc/uptime)"
     i=$((i + 1))
 done
@@ -163,6 +210,8 @@ def build_job(job, args):
     for name in ("spawn-until", "iobench"):
         subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", os.path.join(job, name),
                         os.path.join(HERE, f"{name}.c")], check=True)
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", os.path.join(job, "vmm-api"),
+                    os.path.join(ROOT, "tests", "guests", "tools", "vmm-api.c")], check=True)
     shutil.copy(args.vmm, os.path.join(job, "vmm"))
     shutil.copy(os.path.join(resource("build-kernel.sh"), "vmlinux"), job)
     shutil.copy(resource("build-initramfs.sh"), os.path.join(job, "initramfs.cpio.gz"))
@@ -210,6 +259,11 @@ def parse(console):
             uptime = float(up[0]) if up else None
             add(name, "spawn", found_ns / 1e6)
             spawns.append((name, run, found_ns / 1e6, uptime))
+        elif kind in ("shell-boot", "snap-restore"):
+            found_ns = int(f[4])
+            if found_ns < 0:
+                raise RuntimeError(f"a {kind} run failed: {line}")
+            add(name, kind, found_ns / 1e6)
         elif kind == "io":
             kv = dict(x.split("=", 1) for x in f[4:] if "=" in x)
             if kv["rc"] != "0":
@@ -251,6 +305,13 @@ ROWS = [
     ("blk-4k", "virtio-blk 4 KiB random reads, O_DIRECT, 1 in flight", "req/s"),
     ("net-rx", "TCP L1 → guest (HTTP GET from busybox httpd)", "MiB/s"),
     ("net-tx", "TCP guest → L1", "MiB/s"),
+]
+
+
+SNAP_ROWS = [
+    ("shell-boot", "cold boot of the root disk: spawn → the output of the shell's command", "ms"),
+    ("snap-restore", "restore of that shell: spawn → the output of a command waiting on stdin",
+     "ms"),
 ]
 
 
@@ -302,7 +363,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--per-boot", type=int, default=5,
                     help="runs per test-host boot (each boot adds about 15 s)")
-    ap.add_argument("--only", default="spawn,io", help="comma-separated: spawn,io")
+    ap.add_argument("--only", default="spawn,io", help="comma-separated: spawn,io,snap")
     ap.add_argument("--blk-mb", type=int, default=32)
     ap.add_argument("--blk-ops", type=int, default=200)
     ap.add_argument("--net-mb", type=int, default=16, help="MiB L1 → guest")
@@ -357,14 +418,22 @@ def main():
     def fmt(vals):
         return f"{statistics.median(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
 
-    print("| metric | unit | vmm median (min–max) | QEMU microvm median (min–max) | vmm/QEMU |")
-    print("|---|---|---|---|---|")
+    if any(results["vmm"].get(key) for key, *_ in ROWS):
+        print("| metric | unit | vmm median (min–max) | QEMU microvm median (min–max) | vmm/QEMU |")
+        print("|---|---|---|---|---|")
     for key, label, unit in ROWS:
         v, q = results["vmm"].get(key), results["qemu"].get(key)
         if not v or not q:
             continue
         ratio = statistics.median(v) / statistics.median(q)
         print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
+    if results["vmm"].get("snap-restore"):
+        print("\n| metric (vmm) | unit | median (min–max) |")
+        print("|---|---|---|")
+        for key, label, unit in SNAP_ROWS:
+            if results["vmm"].get(key):
+                print(f"| {label} | {unit} | {fmt(results['vmm'][key])} |")
+        print()
     retried = f", {stalls} of them stalled and were retried" if stalls else ""
     print(f"\n{args.runs} runs each, alternating, in {boots} test-host boots{retried} "
           f"({elapsed:.0f} s); guest "
