@@ -21,9 +21,6 @@ use crate::snapshot::{self, Snapshot};
 use crate::vm::Vm;
 use crate::{api, cpuid, signals, timeline, vcpu, vcpus};
 
-/// The largest XSAVE area ([`state::restore_vcpu`]) a snapshot carries: `struct kvm_xsave`.
-const XSAVE_LEN: i32 = 4096;
-
 fn restore_err(what: &'static str) -> impl Fn(String) -> Error {
     move |message| Error::Restore { what, message }
 }
@@ -92,7 +89,7 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(ExitReason, Option<u8>), Er
     }
     state::restore_vm(&vm.fd, &vm_state)
         .map_err(restore_err("the VM's interrupt controllers, PIT and clock"))?;
-    let xsave_fits = vm.kvm.check_extension_int(Cap::Xsave2) <= XSAVE_LEN;
+    let xsave_fits = vm.kvm.check_extension_int(Cap::Xsave2) <= snapshot::XSAVE_LEN;
     let vm = Arc::new(vm);
     vcpu_threads.restore(&vm, vcpu_states, xsave_fits);
 

@@ -42,8 +42,9 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// How long the parked vCPU threads have to read their state.
 const VCPU_SAVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest `KVM_GET_XSAVE` area a snapshot carries (`struct kvm_xsave`).
-const XSAVE_LEN: i32 = 4096;
+/// The largest XSAVE area a snapshot carries: `struct kvm_xsave`, what `KVM_GET_XSAVE` fills
+/// (`KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` says how large this host's is).
+pub const XSAVE_LEN: i32 = 4096;
 
 /// Why a snapshot was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -187,10 +188,7 @@ pub fn save(src: &Source, dir: &Path) -> Result<Saved, SaveError> {
         return Err(SaveError::Running);
     }
     if src.vm.kvm.check_extension_int(Cap::Xsave2) > XSAVE_LEN {
-        return Err(SaveError::State(
-            "this host's XSAVE area is larger than 4 KiB (AMX), which snapshots do not carry yet"
-                .into(),
-        ));
+        return Err(SaveError::State(state::XSAVE_TOO_LARGE.into()));
     }
     prepare_dir(dir)?;
     let (vcpus, tsc_read_at) = save_vcpus(src)?;

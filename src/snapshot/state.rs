@@ -83,6 +83,10 @@ pub struct VcpuState {
     pub tsc_khz: Option<u32>,
 }
 
+/// Why a host with AMX state cannot take or restore a snapshot.
+pub const XSAVE_TOO_LARGE: &str =
+    "this host's XSAVE area is larger than 4 KiB (AMX), which snapshots do not carry yet";
+
 /// A KVM call that failed while saving or restoring, and which one.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} failed: {source}")]
@@ -199,11 +203,7 @@ pub fn restore_vcpu(fd: &VcpuFd, state: &VcpuState, xsave_fits: bool) -> Result<
     call("KVM_SET_REGS", fd.set_regs(&state.regs)).map_err(kvm)?;
     call("KVM_SET_SREGS", fd.set_sregs(&state.sregs)).map_err(kvm)?;
     if !xsave_fits {
-        return Err(
-            "this host's XSAVE area is larger than 4 KiB (AMX), which snapshots do not \
-                    carry yet"
-                .into(),
-        );
+        return Err(XSAVE_TOO_LARGE.into());
     }
     // SAFETY: `xsave_fits` says KVM reads at most the 4 KiB `kvm_xsave` passed here.
     call("KVM_SET_XSAVE", unsafe { fd.set_xsave(&state.xsave) }).map_err(kvm)?;
