@@ -342,3 +342,28 @@ fn unusable_disk_images() {
         assert!(o.stderr.contains("Permission denied"), "{}", o.stderr);
     }
 }
+
+#[test]
+fn restore_of_a_directory_that_is_no_snapshot() {
+    let o = vmm(&["--restore", "/nonexistent/snapshot"], &[], None);
+    assert_error(&o, 2, "cannot restore the snapshot");
+    assert!(
+        o.stderr
+            .contains("caused by: cannot read /nonexistent/snapshot/state"),
+        "{}",
+        o.stderr
+    );
+    // A file that is not a state file: named as such, once.
+    let dir = std::env::temp_dir().join(format!("vmm-errors-restore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state"), b"#!/bin/sh\n").unwrap();
+    let o = vmm(&["--restore", dir.to_str().unwrap()], &[], None);
+    assert_error(&o, 2, "cannot restore the snapshot");
+    assert_eq!(
+        o.stderr.matches("not a vmm snapshot state file").count(),
+        1,
+        "{}",
+        o.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -75,12 +75,9 @@ pub enum LoadError {
         #[source]
         source: io::Error,
     },
-    #[error("{path}: {source}")]
-    Format {
-        path: PathBuf,
-        #[source]
-        source: FormatError,
-    },
+    /// The reason is part of the message (not a `source`: it would be printed twice).
+    #[error("{path}: {reason}")]
+    Format { path: PathBuf, reason: FormatError },
     #[error("{path}: the snapshot does not hold together: {what}")]
     Inconsistent { path: PathBuf, what: String },
 }
@@ -251,15 +248,15 @@ pub fn load(dir: &Path) -> Result<Snapshot, LoadError> {
     if len > limit {
         return Err(LoadError::Format {
             path: state_path,
-            source: FormatError::TooLong(len),
+            reason: FormatError::TooLong(len),
         });
     }
     let mut bytes = Vec::with_capacity(len as usize);
     io::Read::read_to_end(&mut io::Read::take(&file, limit), &mut bytes)
         .map_err(read_err(&state_path))?;
-    let state: VmState = format::decode(&bytes).map_err(|source| LoadError::Format {
+    let state: VmState = format::decode(&bytes).map_err(|reason| LoadError::Format {
         path: state_path.clone(),
-        source,
+        reason,
     })?;
     let inconsistent = |what: String| LoadError::Inconsistent {
         path: dir.to_path_buf(),
