@@ -90,6 +90,11 @@ pub struct Cli {
           conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "rootfs", "drives", "nets"])]
     pub restore: Option<PathBuf>,
 
+    /// Run without the seccomp filters (for debugging: every thread of the VMM normally runs
+    /// under an allow-list of the system calls it needs, and any other call ends the VMM).
+    #[arg(long)]
+    pub no_seccomp: bool,
+
     /// With --restore: keep the vCPUs paused until `PUT /vm/resume`.
     #[arg(long, requires = "restore", conflicts_with = "kernel")]
     pub restore_paused: bool,

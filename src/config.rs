@@ -24,6 +24,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Print the vCPU exit statistics on stderr when the VM ends (`--exit-stats`).
     pub exit_stats: bool,
+    /// Run every thread under its seccomp filter (not `--no-seccomp`).
+    pub seccomp: bool,
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).
@@ -52,4 +54,5 @@ pub struct RestoreConfig {
     pub kvm_path: PathBuf,
     pub api_socket: Option<PathBuf>,
     pub exit_stats: bool,
+    pub seccomp: bool,
 }

@@ -19,6 +19,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod exit_stats;
 pub mod runner;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod terminal;

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             kvm_path,
             api_socket: cli.api_socket,
             exit_stats: cli.exit_stats,
+            seccomp: !cli.no_seccomp,
         }),
         (None, Some(kernel)) => {
             // The root disk comes first: it is /dev/vda.
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
                 cpus: cli.cpus,
                 api_socket: cli.api_socket,
                 exit_stats: cli.exit_stats,
+                seccomp: !cli.no_seccomp,
                 kvm_path,
             })
         }

@@ -93,6 +93,8 @@ pub enum Error {
     Thread { index: u8 },
     #[error("cannot restore vCPU {index} from the snapshot: {message}")]
     Restore { index: u8, message: String },
+    #[error("vCPU {index}: {message}")]
+    Seccomp { index: u8, message: String },
 }
 
 thread_local! {

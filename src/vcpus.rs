@@ -372,11 +372,17 @@ impl VcpuThreads {
     }
 }
 
-/// Starts one thread per vCPU; vCPU 0 is the boot processor.
-pub fn spawn(mem: &GuestMemoryMmap, exit: &Arc<VmExit>, cpus: u8) -> io::Result<VcpuThreads> {
+/// Starts one thread per vCPU; vCPU 0 is the boot processor. Each installs its seccomp filter
+/// from `seccomp` (None: `--no-seccomp`) once its vCPU is set up.
+pub fn spawn(
+    mem: &GuestMemoryMmap,
+    exit: &Arc<VmExit>,
+    cpus: u8,
+    seccomp: Option<Arc<crate::seccomp::Filters>>,
+) -> io::Result<VcpuThreads> {
     let mut threads = VcpuThreads(Vec::with_capacity(usize::from(cpus)), None);
     for index in 0..cpus {
-        let (mem, exit) = (mem.clone(), exit.clone());
+        let (mem, exit, seccomp) = (mem.clone(), exit.clone(), seccomp.clone());
         let (setup, setup_rx) = mpsc::channel::<(Arc<Vm>, Start)>();
         let (configured_tx, configured) = mpsc::channel();
         let (go, go_rx) = mpsc::channel::<Go>();
@@ -397,6 +403,18 @@ pub fn spawn(mem: &GuestMemoryMmap, exit: &Arc<VmExit>, cpus: u8) -> io::Result<
                     Ok(vcpu)
                 });
                 drop(vm);
+                // The filter goes on as soon as the vCPU is set up, while the main thread
+                // still builds the devices: off the path to the first entry.
+                let vcpu = vcpu.and_then(|vcpu| match &seccomp {
+                    Some(filters) => filters
+                        .install(crate::seccomp::ThreadKind::Vcpu, &format!("vcpu{index}"))
+                        .map(|()| vcpu)
+                        .map_err(|e| vcpu::Error::Seccomp {
+                            index,
+                            message: e.to_string(),
+                        }),
+                    None => Ok(vcpu),
+                });
                 let vcpu = match vcpu {
                     Ok(vcpu) => {
                         let _ = configured_tx.send(Ok(Instant::now()));

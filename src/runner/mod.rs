@@ -136,6 +136,8 @@ pub enum Error {
     Snapshot(#[from] snapshot::LoadError),
     #[error("cannot restore {what} from the snapshot: {message}")]
     Restore { what: &'static str, message: String },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
 }
 
 impl Error {
@@ -335,10 +337,12 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     // and each sets up its vCPU as soon as the VM exists (the kernel is loaded before it, so
     // its entry point is known by then), while this thread builds the devices and the boot
     // structures.
-    let vcpu_threads = vcpus::spawn(&mem, &exit, cpus).map_err(|source| Error::Io {
-        what: "a vCPU thread",
-        source,
-    })?;
+    let filters = seccomp_filters(config.seccomp)?;
+    let vcpu_threads =
+        vcpus::spawn(&mem, &exit, cpus, filters.clone()).map_err(|source| Error::Io {
+            what: "a vCPU thread",
+            source,
+        })?;
     let kernel =
         loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
             path: config.kernel.clone(),
@@ -413,8 +417,21 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         api_socket: config.api_socket.clone(),
         exit_stats: config.exit_stats,
         paused: false,
+        filters,
         saved_vm: None,
     })
+}
+
+/// The seccomp filters, built (a few tens of microseconds), with the SIGSYS handler in place;
+/// None without seccomp.
+fn seccomp_filters(on: bool) -> Result<Option<Arc<crate::seccomp::Filters>>, Error> {
+    if !on {
+        return Ok(None);
+    }
+    crate::seccomp::register_handler()?;
+    let filters = Arc::new(crate::seccomp::Filters::new()?);
+    timeline::mark("seccomp filters built");
+    Ok(Some(filters))
 }
 
 /// A VM built (booted or restored), its vCPUs configured but not yet running.
@@ -430,6 +447,8 @@ struct Machine {
     exit_stats: bool,
     /// Start with the vCPUs parked (`--restore-paused`).
     paused: bool,
+    /// The seccomp filters (None: `--no-seccomp`); the vCPU threads have theirs already.
+    filters: Option<Arc<crate::seccomp::Filters>>,
     /// A restored VM's saved state, whose clock is set once the vCPUs are configured.
     saved_vm: Option<snapshot::state::KvmVmState>,
 }
@@ -448,6 +467,7 @@ fn run(machine: Machine) -> Result<(ExitReason, Option<u8>), Error> {
         api_socket,
         exit_stats,
         paused,
+        filters,
         saved_vm,
     } = machine;
     let Devices {
@@ -548,6 +568,14 @@ fn run(machine: Machine) -> Result<(ExitReason, Option<u8>), Error> {
         }
     };
 
+    if let Some(filters) = &filters {
+        if let Err(e) = filters.install(crate::seccomp::ThreadKind::Main, "vmm") {
+            exit.request(ExitReason::Error(e.to_string()));
+            vcpus::stop(vcpus);
+            return Err(e.into());
+        }
+        timeline::mark("seccomp filter installed on the main thread");
+    }
     while !exit.stopping() {
         manager.run().map_err(Error::EventLoop)?;
     }

@@ -68,10 +68,12 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(ExitReason, Option<u8>), Er
         source,
     })?);
     let cpus = saved.cpus;
-    let vcpu_threads = vcpus::spawn(&mem, &exit, cpus).map_err(|source| Error::Io {
-        what: "a vCPU thread",
-        source,
-    })?;
+    let filters = super::seccomp_filters(config.seccomp)?;
+    let vcpu_threads =
+        vcpus::spawn(&mem, &exit, cpus, filters.clone()).map_err(|source| Error::Io {
+            what: "a vCPU thread",
+            source,
+        })?;
 
     let vm = Vm::new(&config.kvm_path, &mem)?;
     if usize::from(cpus) > vm.max_vcpus {
@@ -128,6 +130,7 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(ExitReason, Option<u8>), Er
         api_socket: config.api_socket.clone(),
         exit_stats: config.exit_stats,
         paused: config.paused,
+        filters,
         saved_vm: Some(vm_state),
     })
 }
