@@ -19,8 +19,8 @@ use boot::loader::EntryPoint;
 use boot::paging::{EFER_LMA, EFER_LME, X86_CR0_PE, X86_CR0_PG, X86_CR4_PAE};
 use devices::IoBuses;
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId, Msrs,
-    KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+    kvm_fpu, kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
@@ -237,7 +237,7 @@ impl Vcpu {
     }
 
     fn set_msrs(&self) -> Result<(), Error> {
-        let entries: Vec<kvm_msr_entry> = [
+        let entries = [
             (MSR_IA32_SYSENTER_CS, 0),
             (MSR_IA32_SYSENTER_ESP, 0),
             (MSR_IA32_SYSENTER_EIP, 0),
@@ -249,15 +249,8 @@ impl Vcpu {
             (MSR_IA32_TSC, 0),
             (MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
             (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
-        ]
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
-        let msrs = Msrs::from_entries(&entries).map_err(|_| Error::MsrList)?;
+        ];
+        let msrs = crate::snapshot::state::msr_list(&entries).ok_or(Error::MsrList)?;
         let set = self
             .fd
             .set_msrs(&msrs)
@@ -267,7 +260,7 @@ impl Vcpu {
                 index: self.index,
                 set,
                 wanted: entries.len(),
-                refused: entries[set].index,
+                refused: entries[set].0,
             });
         }
         Ok(())

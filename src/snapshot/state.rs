@@ -106,7 +106,9 @@ fn call<T>(what: &str, result: Result<T, kvm_ioctls::Error>) -> Result<T, KvmCal
 /// MSRs per `KVM_GET_MSRS`/`KVM_SET_MSRS` call (well below `KVM_MAX_MSR_ENTRIES`).
 const MSR_CHUNK: usize = 64;
 
-fn msr_entries(pairs: &[(u32, u64)]) -> Result<Msrs, KvmCallError> {
+/// `(index, value)` pairs as the list `KVM_GET_MSRS`/`KVM_SET_MSRS` take; None if there are
+/// more than `KVM_MAX_MSR_ENTRIES`.
+pub fn msr_list(pairs: &[(u32, u64)]) -> Option<Msrs> {
     let entries: Vec<kvm_msr_entry> = pairs
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
@@ -115,7 +117,11 @@ fn msr_entries(pairs: &[(u32, u64)]) -> Result<Msrs, KvmCallError> {
             ..Default::default()
         })
         .collect();
-    Msrs::from_entries(&entries).map_err(|_| KvmCallError {
+    Msrs::from_entries(&entries).ok()
+}
+
+fn msr_entries(pairs: &[(u32, u64)]) -> Result<Msrs, KvmCallError> {
+    msr_list(pairs).ok_or_else(|| KvmCallError {
         what: "building an MSR list".into(),
         source: kvm_ioctls::Error::new(libc::E2BIG),
     })
