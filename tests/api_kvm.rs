@@ -11,28 +11,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::api::{curl, curl_args, error_of, json, socket_path, ApiVm, LIMIT};
+use common::api::{curl, curl_args, error_of, json, socket_path, vmm_args, ApiVm, LIMIT};
 use common::guest;
 /// The server's per-client deadline (`vmm::api::CLIENT_TIMEOUT`).
 const CLIENT_TIMEOUT: Duration = vmm::api::CLIENT_TIMEOUT;
-
-fn vmm_args(sock: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--kernel",
-        &guest("pvh.elf").display().to_string(),
-        "--memory",
-        "32",
-        "--cmdline",
-        cmdline,
-        "--api-socket",
-        &sock.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 fn start(name: &str, cmdline: &str, extra: &[&str]) -> ApiVm {
     start_at(socket_path(name), cmdline, extra)

@@ -181,13 +181,8 @@ echo "VMM-EXIT holder $?"
     assert!(out.contains("VMM-ROOTFS-OK"), "{out}");
     // So does the root disk's init.
     assert_eq!(code, 6, "{out}");
-    let written = std::process::Command::new("debugfs")
-        .args(["-R", "cat /root/from-guest"])
-        .arg(run.out.join("rw.ext4"))
-        .output()
-        .expect("run debugfs");
     assert_eq!(
-        String::from_utf8_lossy(&written.stdout),
+        testhost::read_from_ext4(&run.out.join("rw.ext4"), "/root/from-guest"),
         "written-by-the-guest\n"
     );
 

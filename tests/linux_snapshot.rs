@@ -136,13 +136,8 @@ cp snap.ext4 "$OUT/snap.ext4"
         assert!(after.contains("VMM-EXIT restored 0"), "{after}");
         common::say("nested: the restored guest's exit code is not checked (QEMU TCG's check_io)");
     }
-    let written = std::process::Command::new("debugfs")
-        .args(["-R", "cat /root/after"])
-        .arg(run.out.join("snap.ext4"))
-        .output()
-        .expect("run debugfs");
     assert_eq!(
-        String::from_utf8_lossy(&written.stdout),
+        testhost::read_from_ext4(&run.out.join("snap.ext4"), "/root/after"),
         "written-after-restore\n"
     );
 }

@@ -10,32 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::api::{curl, error_of, json, socket_path, ApiVm, LIMIT};
-use common::guest;
+use common::api::{curl, error_of, json, socket_path, vmm_args, ApiVm, LIMIT};
 
 /// A fresh, absent directory for a snapshot.
 fn snapshot_dir(name: &str) -> PathBuf {
     let dir = common::scratch(&format!("snapshot-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn boot_args(sock: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--kernel",
-        &guest("pvh.elf").display().to_string(),
-        "--memory",
-        "32",
-        "--cmdline",
-        cmdline,
-        "--api-socket",
-        &sock.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
 }
 
 fn restore(name: &str, dir: &Path, extra: &[&str]) -> ApiVm {
@@ -64,7 +45,7 @@ fn snapshot_and_kill(vm: ApiVm, dir: &Path) -> serde_json::Value {
 /// Boots `test=lines`, has it answer two lines, snapshots it into `dir`, kills it.
 fn lines_snapshot(name: &str, dir: &Path) -> serde_json::Value {
     let sock = socket_path(name);
-    let mut vm = ApiVm::spawn(sock.clone(), &boot_args(&sock, "test=lines", &[]));
+    let mut vm = ApiVm::spawn(sock.clone(), &vmm_args(&sock, "test=lines", &[]));
     vm.wait_for("lines: ready\n");
     vm.send(b"alpha\n");
     vm.wait_for("line 1: alpha\n");
@@ -158,7 +139,7 @@ fn restore_paused_waits_for_resume() {
 #[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
 fn snapshot_requests_that_cannot_work_are_refused_and_the_vm_runs_on() {
     let sock = socket_path("refused");
-    let mut vm = ApiVm::spawn(sock.clone(), &boot_args(&sock, "test=lines", &[]));
+    let mut vm = ApiVm::spawn(sock.clone(), &vmm_args(&sock, "test=lines", &[]));
     vm.wait_for("lines: ready\n");
     let dir = snapshot_dir("refused");
     let body = format!(r#"{{"path": "{}"}}"#, dir.display());
@@ -317,7 +298,7 @@ fn a_restored_disk_continues_its_queue_and_its_writes_reach_the_image() {
     let sock = socket_path("blk");
     let mut vm = ApiVm::spawn(
         sock.clone(),
-        &boot_args(&sock, "test=blklines", &["--drive", &drive]),
+        &vmm_args(&sock, "test=blklines", &["--drive", &drive]),
     );
     vm.wait_for("blklines: ready\n");
     vm.send(b"w 3 before\n");

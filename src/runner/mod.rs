@@ -312,14 +312,7 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         taps,
         mut cmdline,
     } = open_inputs(config)?;
-    let signal_evt = signals::install().map_err(|source| Error::Io {
-        what: "signal handling",
-        source,
-    })?;
-    vcpu::register_kick_handler().map_err(|source| Error::Io {
-        what: "the vCPU kick signal",
-        source,
-    })?;
+    let signal_evt = install_signal_handlers()?;
 
     let mem_size = config.memory_mib << 20;
     let mem = memory::create_guest_memory(mem_size).map_err(|source| Error::Memory {
@@ -327,22 +320,13 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         source: source.into(),
     })?;
     timeline::mark("memory mapped");
-    let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
-        what: "the VM exit event",
-        source,
-    })?);
     // check_config made sure the count fits the MP table's u8.
     let cpus = config.cpus as u8;
     // Starting a thread takes a few hundred microseconds here: the vCPU threads start first,
     // and each sets up its vCPU as soon as the VM exists (the kernel is loaded before it, so
     // its entry point is known by then), while this thread builds the devices and the boot
     // structures.
-    let filters = seccomp_filters(config.seccomp)?;
-    let vcpu_threads =
-        vcpus::spawn(&mem, &exit, cpus, filters.clone()).map_err(|source| Error::Io {
-            what: "a vCPU thread",
-            source,
-        })?;
+    let (exit, filters, vcpu_threads) = spawn_vcpus(&mem, cpus, config.seccomp)?;
     let kernel =
         loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
             path: config.kernel.clone(),
@@ -359,14 +343,7 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     };
     timeline::mark("kernel and initrd loaded");
 
-    let vm = Vm::new(&config.kvm_path, &mem)?;
-    if usize::from(config.cpus) > vm.max_vcpus {
-        return Err(Error::TooManyCpus {
-            requested: config.cpus,
-            max: vm.max_vcpus,
-        });
-    }
-    let vm = Arc::new(vm);
+    let vm = Arc::new(create_vm(&config.kvm_path, &mem, config.cpus)?);
     vcpu_threads.setup(&vm, kernel.entry);
     let saved_config = SavedConfig {
         memory_mib: config.memory_mib,
@@ -420,6 +397,54 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         filters,
         saved_vm: None,
     })
+}
+
+/// SIGINT/SIGTERM (as an event the event loop watches) and the vCPU kick, before any vCPU
+/// thread starts.
+fn install_signal_handlers() -> Result<SignalEvent, Error> {
+    let signal_evt = signals::install().map_err(|source| Error::Io {
+        what: "signal handling",
+        source,
+    })?;
+    vcpu::register_kick_handler().map_err(|source| Error::Io {
+        what: "the vCPU kick signal",
+        source,
+    })?;
+    Ok(signal_evt)
+}
+
+/// The VM's exit event, the seccomp filters (None without seccomp) and the vCPU threads.
+type Spawned = (
+    Arc<VmExit>,
+    Option<Arc<crate::seccomp::Filters>>,
+    vcpus::VcpuThreads,
+);
+
+/// The VM's exit event, the seccomp filters (with `seccomp`) and one thread per vCPU, started
+/// before the VM exists.
+fn spawn_vcpus(mem: &GuestMemoryMmap, cpus: u8, seccomp: bool) -> Result<Spawned, Error> {
+    let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
+        what: "the VM exit event",
+        source,
+    })?);
+    let filters = seccomp_filters(seccomp)?;
+    let threads = vcpus::spawn(mem, &exit, cpus, filters.clone()).map_err(|source| Error::Io {
+        what: "a vCPU thread",
+        source,
+    })?;
+    Ok((exit, filters, threads))
+}
+
+/// Opens KVM and creates the VM with `mem` as its RAM, checking that it can have `cpus` vCPUs.
+fn create_vm(kvm_path: &Path, mem: &GuestMemoryMmap, cpus: u16) -> Result<Vm, Error> {
+    let vm = Vm::new(kvm_path, mem)?;
+    if usize::from(cpus) > vm.max_vcpus {
+        return Err(Error::TooManyCpus {
+            requested: cpus,
+            max: vm.max_vcpus,
+        });
+    }
+    Ok(vm)
 }
 
 /// The seccomp filters, built (a few tens of microseconds), with the SIGSYS handler in place;

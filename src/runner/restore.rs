@@ -13,13 +13,15 @@ use std::sync::Arc;
 use boot::{memory, mptable};
 use kvm_ioctls::Cap;
 
-use super::{create_devices, open_disks_and_taps, run, Error, Machine};
+use super::{
+    create_devices, create_vm, install_signal_handlers, open_disks_and_taps, run, spawn_vcpus,
+    Error, Machine,
+};
 use crate::config::RestoreConfig;
-use crate::exit::{ExitReason, VmExit};
+use crate::exit::ExitReason;
 use crate::snapshot::state::{self, VmState};
 use crate::snapshot::{self, Snapshot};
-use crate::vm::Vm;
-use crate::{api, cpuid, signals, timeline, vcpu, vcpus};
+use crate::{api, cpuid, timeline};
 
 fn restore_err(what: &'static str) -> impl Fn(String) -> Error {
     move |message| Error::Restore { what, message }
@@ -47,14 +49,7 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(ExitReason, Option<u8>), Er
         });
     }
     let (disks, taps) = open_disks_and_taps(&saved.disks, &saved.nets)?;
-    let signal_evt = signals::install().map_err(|source| Error::Io {
-        what: "signal handling",
-        source,
-    })?;
-    vcpu::register_kick_handler().map_err(|source| Error::Io {
-        what: "the vCPU kick signal",
-        source,
-    })?;
+    let signal_evt = install_signal_handlers()?;
 
     let mem = memory::map_guest_memory_file(saved.memory_mib << 20, &memory).map_err(|source| {
         Error::Memory {
@@ -63,25 +58,10 @@ pub fn restore_vm(config: &RestoreConfig) -> Result<(ExitReason, Option<u8>), Er
         }
     })?;
     timeline::mark("memory mapped from the snapshot");
-    let exit = Arc::new(VmExit::new().map_err(|source| Error::Io {
-        what: "the VM exit event",
-        source,
-    })?);
     let cpus = saved.cpus;
-    let filters = super::seccomp_filters(config.seccomp)?;
-    let vcpu_threads =
-        vcpus::spawn(&mem, &exit, cpus, filters.clone()).map_err(|source| Error::Io {
-            what: "a vCPU thread",
-            source,
-        })?;
+    let (exit, filters, vcpu_threads) = spawn_vcpus(&mem, cpus, config.seccomp)?;
 
-    let vm = Vm::new(&config.kvm_path, &mem)?;
-    if usize::from(cpus) > vm.max_vcpus {
-        return Err(Error::TooManyCpus {
-            requested: u16::from(cpus),
-            max: vm.max_vcpus,
-        });
-    }
+    let vm = create_vm(&config.kvm_path, &mem, u16::from(cpus))?;
     for (index, vcpu) in (0..cpus).zip(&vcpu_states) {
         let here = cpuid::normalize(&vm.supported_cpuid, index, cpus);
         state::check_cpuid(&vcpu.cpuid, here.as_slice()).map_err(|e| Error::Restore {

@@ -8,6 +8,26 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// vmm's arguments for the PVH test guest with `cmdline`, 32 MiB and its API on `sock`, then
+/// `extra`.
+pub fn vmm_args(sock: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--kernel",
+        &super::guest("pvh.elf").display().to_string(),
+        "--memory",
+        "32",
+        "--cmdline",
+        cmdline,
+        "--api-socket",
+        &sock.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// How long the helpers wait for the VM.
 pub const LIMIT: Duration = Duration::from_secs(60);
 

@@ -244,6 +244,17 @@ impl Job {
     }
 }
 
+/// The contents of `file` in the ext4 image `image`, read with e2fsprogs' `debugfs` (no
+/// mount, no root needed).
+pub fn read_from_ext4(image: &Path, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}")])
+        .arg(image)
+        .output()
+        .expect("run debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// How long a test host may print nothing before its boot counts as stuck.
 const QUIET_LIMIT: Duration = Duration::from_secs(240);
 /// Boots of the test host per job, at most (the first plus one after it went quiet).
