@@ -392,7 +392,7 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
     file.seek(SeekFrom::Start(ehdr.e_phoff))
         .map_err(Error::ReadKernel)?;
     let mut end = HIMEM_START.0;
-    let mut loadable = 0;
+    let mut segments = Vec::new();
     for _ in 0..ehdr.e_phnum {
         let mut phdr = Elf64_Phdr::default();
         file.read_exact(phdr.as_mut_slice())
@@ -400,10 +400,11 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
         if phdr.p_type != PT_LOAD || phdr.p_memsz == 0 {
             continue;
         }
-        loadable += 1;
-        end = end.max(check_segment(mem, &phdr, room)?);
+        let segment_end = check_segment(mem, &phdr, room)?;
+        segments.push(phdr.p_paddr..segment_end);
+        end = end.max(segment_end);
     }
-    if loadable == 0 {
+    if segments.is_empty() {
         return Err(Error::BadElf("it has no loadable segment".into()));
     }
 
@@ -418,6 +419,14 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
             EntryPoint::Long64(GuestAddress(ehdr.e_entry))
         }
     };
+    // The vCPU starts there with paging off (PVH) or on the identity map: it must be code the
+    // image brought, not a hole or past the end of RAM.
+    let entry_addr = entry.addr().0;
+    if !segments.iter().any(|s| s.contains(&entry_addr)) {
+        return Err(Error::BadElf(format!(
+            "its entry point {entry_addr:#x} is not inside any loadable segment"
+        )));
+    }
     Ok(LoadedKernel {
         format: KernelFormat::Elf,
         entry,

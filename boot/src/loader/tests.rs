@@ -259,11 +259,58 @@ fn elf_checks() {
     ));
 }
 
-/// `fake_elf` with its one segment at `paddr` but the entry point at 2 MiB.
+/// An ELF with the entry point in a 32-byte segment at 2 MiB and a second segment at `paddr`
+/// (`memsz` bytes, the same 32 bytes of code in the file), the layout of binutils' default
+/// `-z separate-code` (a segment of only the headers, then the code).
 fn elf_with_segment_at(paddr: u64, memsz: u64) -> Vec<u8> {
-    let mut image = fake_elf(&[0xf4; 32], paddr, memsz, None);
-    image[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // e_entry
-    image
+    let image = fake_elf(&[0xf4; 32], 0x20_0000, 32, None);
+    let ehdr_size = size_of::<Elf64_Ehdr>();
+    let phdr_size = size_of::<Elf64_Phdr>();
+    let code_off = (ehdr_size + 2 * phdr_size) as u64;
+    let mut ehdr = Elf64_Ehdr::default();
+    ehdr.as_mut_slice().copy_from_slice(&image[..ehdr_size]);
+    ehdr.e_phnum = 2;
+    let mut code = Elf64_Phdr::default();
+    code.as_mut_slice()
+        .copy_from_slice(&image[ehdr_size..ehdr_size + phdr_size]);
+    let code_bytes = &image[code.p_offset as usize..];
+    code.p_offset = code_off;
+    let other = Elf64_Phdr {
+        p_paddr: paddr,
+        p_vaddr: paddr,
+        p_memsz: memsz,
+        p_filesz: memsz.min(32),
+        ..code
+    };
+    let mut out = ehdr.as_slice().to_vec();
+    out.extend_from_slice(code.as_slice());
+    out.extend_from_slice(other.as_slice());
+    out.extend_from_slice(code_bytes);
+    out
+}
+
+// Found by fuzz/fuzz_targets/kernel_loader.rs: an ELF whose entry point is in no segment (here
+// in the MMIO hole) was loaded, and its vCPU would have started in a hole.
+#[test]
+fn elf_entry_outside_every_segment_is_refused() {
+    let mem = guest_mem(16 * MIB);
+    for (e_entry, pvh) in [
+        (0xf910_0000u64, None),
+        (0x20_0020, None), // just past the 32 bytes of the segment
+        (0x20_0000, Some(0x1f_fff0u32)),
+    ] {
+        let mut image = fake_elf(&[0xf4; 32], 0x20_0000, 32, pvh);
+        image[24..32].copy_from_slice(&e_entry.to_le_bytes());
+        let mut f = TempFile::new(&image);
+        let err = load_kernel(&mem, f.file()).unwrap_err().to_string();
+        let entry = pvh.map_or(e_entry, u64::from);
+        assert!(
+            err.contains(&format!(
+                "entry point {entry:#x} is not inside any loadable segment"
+            )),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -276,8 +323,9 @@ fn elf_segments_below_1_mib_load_where_the_vmm_writes_nothing() {
     mem.read_slice(&mut buf, GuestAddress(0xf_f000)).unwrap();
     assert_eq!(buf, [0xf4; 32]);
     assert_eq!(
-        k.kernel_end, HIMEM_START,
-        "the initrd may still go right above 1 MiB"
+        k.kernel_end,
+        GuestAddress(0x20_0020),
+        "the kernel ends where its code segment ends, whatever lies below 1 MiB"
     );
     // Conventional memory between the VMM's own pages is the kernel's too.
     let mut f = TempFile::new(&elf_with_segment_at(0x1_0000, 0x1000));
