@@ -15,6 +15,12 @@ const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 
 fn main() -> ExitCode {
     timeline::start();
+    // Before anything else: a SIGTERM during set-up is handled once the VM runs (it stops it
+    // cleanly), never the default action's kill.
+    if let Err(e) = vmm::signals::hold() {
+        eprintln!("error: cannot block SIGINT and SIGTERM during set-up: {e}");
+        return ExitCode::FAILURE;
+    }
     init_logging();
     let cli = Cli::parse();
     timeline::enable(cli.timings);
@@ -81,9 +87,14 @@ fn main() -> ExitCode {
 
 /// Log lines on stderr as `[vmm LEVEL] message`; `RUST_LOG` sets the level (default warn) and,
 /// as env_logger reads it, per-module filters.
+///
+/// By default virtio-queue's own messages are off: it logs every malformed ring it meets at
+/// error level (an available index too far ahead, a queue that cannot start), once per
+/// notification, so a guest could fill the VMM's log at will. The devices report the same
+/// conditions themselves, at debug level (`RUST_LOG=debug` shows both).
 fn init_logging() {
     use std::io::Write;
-    let env = env_logger::Env::default().default_filter_or("warn");
+    let env = env_logger::Env::default().default_filter_or("warn,virtio_queue=off");
     let _ = env_logger::Builder::from_env(env)
         .format(|buf, record| writeln!(buf, "[vmm {:>5}] {}", record.level(), record.args()))
         .try_init();

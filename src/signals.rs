@@ -36,6 +36,38 @@ impl std::os::fd::AsRawFd for SignalEvent {
     }
 }
 
+/// Blocks SIGINT and SIGTERM on the calling thread, and so on every thread it starts
+/// afterwards: called first thing in `main`, so that a stop signal during set-up waits (as
+/// pending) instead of killing the process with the default action or interrupting a set-up
+/// call with `EINTR` (`KVM_CREATE_VM` fails so). [`release`] delivers it once the event loop is
+/// there to see it; the vCPU threads keep it blocked.
+pub fn hold() -> io::Result<()> {
+    change_mask(libc::SIG_BLOCK)
+}
+
+/// Unblocks SIGINT and SIGTERM on the calling thread (the event loop's): one that came while
+/// they were held is handled now.
+pub fn release() -> io::Result<()> {
+    change_mask(libc::SIG_UNBLOCK)
+}
+
+fn change_mask(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: an empty set filled with valid signal numbers, then pthread_sigmask on the
+    // calling thread with no old set requested.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for num in STOP_SIGNALS {
+            libc::sigaddset(&mut set, num);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 /// Installs the handlers; returns the event that becomes readable on SIGINT/SIGTERM.
 pub fn install() -> io::Result<SignalEvent> {
     let (wake, notify) = UnixStream::pair()?;

@@ -593,6 +593,15 @@ fn run(machine: Machine) -> Result<(ExitReason, Option<u8>), Error> {
         }
     };
 
+    // A SIGINT/SIGTERM held since main started is delivered now, to this thread only.
+    if let Err(source) = crate::signals::release() {
+        exit.request(ExitReason::Error(source.to_string()));
+        vcpus::stop(vcpus);
+        return Err(Error::Io {
+            what: "signal handling",
+            source,
+        });
+    }
     if let Some(filters) = &filters {
         if let Err(e) = filters.install(crate::seccomp::ThreadKind::Main, "vmm") {
             exit.request(ExitReason::Error(e.to_string()));
