@@ -50,6 +50,7 @@ void test_blklines(const char *cmdline) __attribute__((noreturn));
 /* net.c: virtio-net over virtio-mmio */
 void test_net(const char *cmdline) __attribute__((noreturn));
 void test_netbench(const char *cmdline) __attribute__((noreturn));
+void test_hostile(const char *cmdline) __attribute__((noreturn));
 
 static const char *cmdline = "";
 
@@ -309,6 +310,8 @@ void main(struct hvm_start_info *si)
         test_net(cmdline);
     if (str_eq(test, "netbench"))
         test_netbench(cmdline);
+    if (str_eq(test, "hostile"))
+        test_hostile(cmdline);
     if (str_eq(test, "memmap") && si->magic == XEN_HVM_START_MAGIC_VALUE)
         test_memmap();
     print("unknown test ");

@@ -206,6 +206,29 @@ void virtio_find(struct virtio_dev *d, const char *cmdline, u32 device_id, const
     }
 }
 
+int virtio_probe(struct virtio_dev *d, const char *cmdline, u32 device_id, u32 want)
+{
+    u64 size, base;
+    u32 irq, found = 0;
+    const char *cur = cmdline;
+
+    d->base = 0;
+    while (next_device(d, &cur, &size, &base, &irq)) {
+        if (base >= 0x100000000ull || base + 0x104 > 0x100000000ull)
+            continue;
+        uptr b = (uptr)base;
+        if (mmio_read32(b + VM_MAGIC) != VIRTIO_MMIO_MAGIC || mmio_read32(b + VM_VERSION) != 2 ||
+            mmio_read32(b + VM_DEVICE_ID) != device_id)
+            continue;
+        if (found++ == want) {
+            d->base = b;
+            d->irq = irq;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* ---- initialisation (§3.1.1) ---- */
 
 u64 virtio_negotiate(const struct virtio_dev *d, u64 wanted, u32 spin, u64 *offered)

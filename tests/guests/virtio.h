@@ -113,6 +113,10 @@ void virtio_fail(const struct virtio_dev *d, const char *msg) __attribute__((nor
 void virtio_find(struct virtio_dev *d, const char *cmdline, u32 device_id, const char *kind,
                  u32 want);
 
+/* Like virtio_find, silently: 1 and `d` set if the `want`th version-2 device with DeviceID
+ * `device_id` is on the command line, else 0. */
+int virtio_probe(struct virtio_dev *d, const char *cmdline, u32 device_id, u32 want);
+
 /*
  * §3.1.1 steps 1-6: reset (waiting up to `spin` reads for status 0), ACKNOWLEDGE, DRIVER,
  * accept the offered features that are in `wanted`, FEATURES_OK and check it stuck.
