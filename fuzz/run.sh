@@ -37,7 +37,7 @@ bin=target/x86_64-unknown-linux-gnu/release
 
 failed=0
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t" "artifacts/$t" logs
+    mkdir -p "corpus/$t" "seeds/$t" "artifacts/$t" logs
     start=$(date +%s)
     if "$bin/$t" "corpus/$t" "seeds/$t" "${limit[@]}" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"logs/$t.log" 2>&1; then
