@@ -26,6 +26,8 @@ pub struct VmConfig {
     pub exit_stats: bool,
     /// Run every thread under its seccomp filter (not `--no-seccomp`).
     pub seccomp: bool,
+    /// Ask for transparent huge pages for guest RAM (not `--no-thp`).
+    pub thp: bool,
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).

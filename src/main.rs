@@ -58,6 +58,7 @@ fn main() -> ExitCode {
                 api_socket: cli.api_socket,
                 exit_stats: cli.exit_stats,
                 seccomp: !cli.no_seccomp,
+                thp: !cli.no_thp,
                 kvm_path,
             })
         }

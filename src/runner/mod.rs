@@ -315,10 +315,11 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     let signal_evt = install_signal_handlers()?;
 
     let mem_size = config.memory_mib << 20;
-    let mem = memory::create_guest_memory(mem_size).map_err(|source| Error::Memory {
-        mib: config.memory_mib,
-        source: source.into(),
-    })?;
+    let mem =
+        memory::create_guest_memory(mem_size, config.thp).map_err(|source| Error::Memory {
+            mib: config.memory_mib,
+            source: source.into(),
+        })?;
     timeline::mark("memory mapped");
     // check_config made sure the count fits the MP table's u8.
     let cpus = config.cpus as u8;

@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn pages_of_zeros_stay_holes_and_the_rest_reads_back() {
         let size = 64u64 << 20;
-        let mem = boot::memory::create_guest_memory(size).unwrap();
+        let mem = boot::memory::create_guest_memory(size, false).unwrap();
         let marks = [0x1000u64, 0x1_0000, 7 << 20, size - 8];
         for (i, &addr) in marks.iter().enumerate() {
             mem.write_obj(0xa5a5_0000_u64 + i as u64, GuestAddress(addr))
