@@ -1,5 +1,6 @@
 //! 200 VMs back to back, each with a root disk, a TAP it creates itself and an API socket; every
-//! other one is stopped with SIGTERM at a random moment of its life (set-up included), the rest
+//! other one is stopped with SIGTERM at a random moment of its life (from the first step of its
+//! `main`, so set-up included), the rest
 //! run their guest to its reset. Each must exit 0 (within 1 s of its SIGTERM), and afterwards
 //! nothing may be left: no TAP in the test's network namespace, no lock on the disk, no socket
 //! file, no process.
@@ -45,6 +46,35 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
         }
         std::thread::sleep(Duration::from_micros(500));
     }
+}
+
+/// Waits until process `pid` runs vmm's own code: its first step in `main` blocks SIGTERM
+/// (`SigBlk` in /proc/PID/status), and it has more than one thread once its vCPUs run. Before
+/// that the process is still being spawned (forked, exec'ing, the Rust runtime starting),
+/// where SIGTERM's default action ends any program and no program can stop it.
+fn wait_until_vmm_runs(pid: u32) {
+    const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return; // gone: the wait that follows tells how
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        let blocked = field("SigBlk:")
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .is_some_and(|mask| mask & SIGTERM_BIT != 0);
+        let threads = field("Threads:").and_then(|v| v.parse::<u32>().ok());
+        if blocked || threads.is_some_and(|n| n > 1) {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    panic!("process {pid} never started running vmm");
 }
 
 /// Processes running the vmm binary with `marker` on their command line.
@@ -119,7 +149,14 @@ fn two_hundred_vms_start_and_stop_and_leave_nothing_behind() {
                 .expect("spawn vmm")
         });
         let status = if stop_it {
-            let delay = Duration::from_micros(u64::from(rng.next() % LATEST_SIGNAL_US));
+            // One in four in the first 10 ms, where set-up is.
+            let latest = if rng.next() % 4 == 0 {
+                10_000
+            } else {
+                LATEST_SIGNAL_US
+            };
+            let delay = Duration::from_micros(u64::from(rng.next() % latest));
+            wait_until_vmm_runs(child.id());
             std::thread::sleep(delay.saturating_sub(spawned.elapsed()));
             // SAFETY: sending a signal to our own child, not yet reaped.
             assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
