@@ -150,7 +150,7 @@ fn two_hundred_vms_start_and_stop_and_leave_nothing_behind() {
         });
         let status = if stop_it {
             // One in four in the first 10 ms, where set-up is.
-            let latest = if rng.next() % 4 == 0 {
+            let latest = if rng.next().is_multiple_of(4) {
                 10_000
             } else {
                 LATEST_SIGNAL_US
