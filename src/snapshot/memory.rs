@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// The unit of hole detection: the guest's page size.
-const PAGE: usize = 4096;
+const PAGE: usize = boot::memory::PAGE_SIZE as usize;
 /// Bytes copied out of guest memory at a time.
 const CHUNK: usize = 1 << 20;
 

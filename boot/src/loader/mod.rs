@@ -23,6 +23,8 @@ use vm_memory::{
 };
 
 use crate::layout::{HIMEM_START, VMM_BOOT_RANGES};
+// The initrd is page aligned, as the boot protocol asks.
+use crate::memory::PAGE_SIZE;
 use crate::GuestMemoryMmap;
 
 /// ELF identification: `e_ident[EI_MAG0..=EI_MAG3]` (System V ABI, "ELF Identification").
@@ -48,8 +50,6 @@ pub const MIN_BOOT_PROTOCOL: u16 = 0x0206;
 /// Highest address an initrd may occupy when the kernel does not say (ELF kernels, or a zero
 /// `initrd_addr_max`); Linux's own default (Documentation/x86/boot.rst, `initrd_addr_max`).
 pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
-/// Page size used to align the initrd (the boot protocol asks for page alignment).
-const PAGE_SIZE: u64 = 0x1000;
 /// Bytes read to recognise a kernel: enough for the ELF header and the bzImage header magic.
 const PROBE_LEN: usize = 0x210;
 
