@@ -15,15 +15,25 @@
 #define LSR_THRE 0x20 /* transmit holding register empty */
 #define UART_FIFO_SIZE 16
 
-void serial_init(void)
+static void serial_setup(u8 fcr)
 {
     outb(COM1 + UART_IER, 0x00);  /* no interrupts */
     outb(COM1 + UART_LCR, 0x80);  /* DLAB on */
     outb(COM1 + UART_DLL, 0x01);  /* divisor 1: 115200 baud */
     outb(COM1 + UART_DLM, 0x00);
     outb(COM1 + UART_LCR, 0x03);  /* 8N1, DLAB off */
-    outb(COM1 + UART_FCR, 0xc7);  /* FIFO on, clear both, 14-byte trigger */
+    outb(COM1 + UART_FCR, fcr);
     outb(COM1 + UART_MCR, 0x03);  /* DTR, RTS */
+}
+
+void serial_init(void)
+{
+    serial_setup(0xc7); /* FIFO on, clear both, 14-byte trigger */
+}
+
+void serial_reinit(void)
+{
+    serial_setup(0xc1); /* FIFO on, 14-byte trigger, nothing cleared */
 }
 
 void serial_putc(char c)
@@ -31,6 +41,11 @@ void serial_putc(char c)
     while (!(inb(COM1 + UART_LSR) & LSR_THRE))
         cpu_relax();
     outb(COM1 + UART_THR, (u8)c);
+}
+
+int serial_poll(void)
+{
+    return (inb(COM1 + UART_LSR) & LSR_DR) ? inb(COM1 + UART_RBR) : -1;
 }
 
 int serial_getc(void)

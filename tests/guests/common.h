@@ -41,6 +41,10 @@ static inline void mmio_write32(uptr addr, u32 val)
 
 /* Serial port (COM1, polled). */
 void serial_init(void);
+/* serial_init again, keeping what the receive FIFO holds. */
+void serial_reinit(void);
+/* The next received byte, or -1 if none is waiting. */
+int serial_poll(void);
 void serial_putc(char c);
 int serial_getc(void); /* blocks until a byte arrives */
 /* Blocks until a non-empty line (ended by CR or LF) arrives; NUL-terminates it in `buf`,

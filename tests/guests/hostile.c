@@ -36,8 +36,6 @@
 #define EXIT_CODE_PORT 0x506
 #define SECCOMP_TRIGGER 0xfd
 
-#define UART_LSR 5
-#define LSR_DR 0x01
 
 static u32 rng = 1;
 
@@ -236,13 +234,7 @@ static u32 chain_round(const struct virtio_dev *d, u32 queues)
         }
         zero32(desc, 0x3000);
         vdev_wr(d, VM_QUEUE_NUM, size);
-        vdev_wr(d, VM_QUEUE_DESC_LOW, desc);
-        vdev_wr(d, VM_QUEUE_DESC_HIGH, 0);
-        vdev_wr(d, VM_QUEUE_DRIVER_LOW, avail);
-        vdev_wr(d, VM_QUEUE_DRIVER_HIGH, 0);
-        vdev_wr(d, VM_QUEUE_DEVICE_LOW, used);
-        vdev_wr(d, VM_QUEUE_DEVICE_HIGH, 0);
-        vdev_wr(d, VM_QUEUE_READY, 1);
+        virtio_queue_ready(d, desc, avail, used);
     }
     vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
     for (u32 pass = 0; pass < 16; pass++) {
@@ -263,23 +255,11 @@ static u32 chain_round(const struct virtio_dev *d, u32 queues)
     return chains;
 }
 
-/* COM1 as serial_init sets it, but without clearing the receive FIFO (a `q` may be in it). */
-static void serial_again(void)
-{
-    outb(COM1 + 1, 0x00);
-    outb(COM1 + 3, 0x80);
-    outb(COM1 + 0, 0x01);
-    outb(COM1 + 1, 0x00);
-    outb(COM1 + 3, 0x03);
-    outb(COM1 + 2, 0x01);
-    outb(COM1 + 4, 0x03);
-}
-
 static int quit_requested(void)
 {
     int quit = 0;
-    while (inb(COM1 + UART_LSR) & LSR_DR)
-        if (inb(COM1) == 'q')
+    for (int c; (c = serial_poll()) >= 0;)
+        if (c == 'q')
             quit = 1;
     return quit;
 }
@@ -316,7 +296,7 @@ void test_hostile(const char *cmdline)
             regs += mmio_round(&devs[i]);
         for (u32 i = 0; i < ndev; i++)
             chains += chain_round(&devs[i], queues[i]);
-        serial_again();
+        serial_reinit(); /* keeps a `q` that is waiting */
         quit = quit_requested();
         print("hostile: round ");
         print_dec(++round);

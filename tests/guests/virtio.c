@@ -275,6 +275,17 @@ static void fail_queue(const struct virtio_dev *d, u32 index, const char *what)
     virtio_fail(d, what);
 }
 
+void virtio_queue_ready(const struct virtio_dev *d, uptr desc, uptr avail, uptr used)
+{
+    vdev_wr(d, VM_QUEUE_DESC_LOW, desc);
+    vdev_wr(d, VM_QUEUE_DESC_HIGH, 0);
+    vdev_wr(d, VM_QUEUE_DRIVER_LOW, avail);
+    vdev_wr(d, VM_QUEUE_DRIVER_HIGH, 0);
+    vdev_wr(d, VM_QUEUE_DEVICE_LOW, used);
+    vdev_wr(d, VM_QUEUE_DEVICE_HIGH, 0);
+    vdev_wr(d, VM_QUEUE_READY, 1);
+}
+
 void virtio_setup_queue(const struct virtio_dev *d, struct virtq *q, u32 index, u32 want,
                         u32 min, uptr desc, uptr avail, uptr used)
 {
@@ -301,13 +312,7 @@ void virtio_setup_queue(const struct virtio_dev *d, struct virtq *q, u32 index, 
     q->used = (volatile u16 *)used;
     q->avail_idx = 0;
     q->used_seen = 0;
-    vdev_wr(d, VM_QUEUE_DESC_LOW, desc);
-    vdev_wr(d, VM_QUEUE_DESC_HIGH, 0);
-    vdev_wr(d, VM_QUEUE_DRIVER_LOW, avail);
-    vdev_wr(d, VM_QUEUE_DRIVER_HIGH, 0);
-    vdev_wr(d, VM_QUEUE_DEVICE_LOW, used);
-    vdev_wr(d, VM_QUEUE_DEVICE_HIGH, 0);
-    vdev_wr(d, VM_QUEUE_READY, 1);
+    virtio_queue_ready(d, desc, avail, used);
     print_tagged(d, "queue ");
     print_dec(index);
     print(" size ");

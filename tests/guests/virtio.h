@@ -134,6 +134,9 @@ u64 virtio_negotiate(const struct virtio_dev *d, u64 wanted, u32 spin, u64 *offe
 void virtio_setup_queue(const struct virtio_dev *d, struct virtq *q, u32 index, u32 want,
                         u32 min, uptr desc, uptr avail, uptr used);
 
+/* The selected queue's ring addresses (all below 4 GiB), then QueueReady = 1. */
+void virtio_queue_ready(const struct virtio_dev *d, uptr desc, uptr avail, uptr used);
+
 void virtio_driver_ok(const struct virtio_dev *d);
 
 /* Reads InterruptStatus (a VM exit) and acknowledges whatever bits are set. */
