@@ -95,10 +95,10 @@ pub struct Cli {
     #[arg(long)]
     pub no_seccomp: bool,
 
-    /// Do not ask the host for transparent huge pages for guest RAM. By default guest RAM is
-    /// marked MADV_HUGEPAGE (as QEMU and Cloud Hypervisor do): fewer page faults and faster
-    /// guest memory where the host's THP policy is `madvise`, host memory taken 2 MiB at a
-    /// time. With this flag a small guest costs less host memory.
+    /// Do not ask the host for transparent huge pages for guest RAM. By default guest RAM from
+    /// 2 MiB up is marked MADV_HUGEPAGE (QEMU and Cloud Hypervisor mark all of it): fewer page
+    /// faults and faster guest memory where the host's THP policy is `madvise`, host memory
+    /// taken 2 MiB at a time.
     #[arg(long, conflicts_with = "restore")]
     pub no_thp: bool,
 

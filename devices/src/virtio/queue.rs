@@ -3,10 +3,28 @@
 //! request queue and virtio-net's transmit queue.
 
 use log::{debug, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::VirtioInterrupt;
+
+/// The next available chain of `queue`, as `Queue::pop_descriptor_chain` takes it, but a ring
+/// whose available index is impossible (more entries than the queue holds) is reported here,
+/// at debug level: virtio-queue's own message for it is an error line per notification, which
+/// vmm turns off (a guest could fill the log with it).
+pub(crate) fn pop_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+    device: &str,
+) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
+    match queue.iter(mem) {
+        Ok(mut chains) => chains.next(),
+        Err(e) => {
+            debug!("{device}: {e}");
+            None
+        }
+    }
+}
 
 /// Rounds in a row in which the ring claimed more buffers after notifications were turned
 /// back on but none could be taken, after which the available index counts as bogus (it
@@ -38,7 +56,7 @@ where
             debug!("{device}: cannot disable notifications: {e}");
         }
         let mut popped = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(queue, mem, device) {
             popped = true;
             let head = chain.head_index();
             let len = execute(chain);

@@ -93,6 +93,9 @@ pub struct MmioTransport {
     status: u32,
     /// Stays 0: no device here changes its configuration space after creation (§2.5.1).
     config_generation: u32,
+    /// Whether a failed start was logged at warn level already: the guest can repeat one at
+    /// will, so later ones go to the debug level.
+    start_failure_logged: bool,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -153,6 +156,7 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             config_generation: 0,
+            start_failure_logged: false,
         })
     }
 

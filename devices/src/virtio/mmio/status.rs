@@ -79,8 +79,16 @@ impl MmioTransport {
         self.status = (self.status & !DRIVER_STATUS_BITS) | new;
         if activate {
             if let Err(e) = self.activate() {
-                warn!(
-                    "virtio-mmio: cannot start device type {}: {e}",
+                let level = if self.start_failure_logged {
+                    log::Level::Debug
+                } else {
+                    log::Level::Warn
+                };
+                self.start_failure_logged = true;
+                log::log!(
+                    level,
+                    "virtio-mmio: cannot start device type {}: {e} (later failures are logged \
+                     at debug level)",
                     self.device_type
                 );
                 // §2.1.2: a device that needs a reset sets DEVICE_NEEDS_RESET and sends a

@@ -139,7 +139,9 @@ impl Active {
     fn take_rx_chain(&mut self, counters: &NetCounters) -> bool {
         loop {
             let ring_pos = self.rx.next_avail();
-            let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
+            let Some(chain) =
+                crate::virtio::queue::pop_chain(&mut self.rx, &self.mem, "virtio-net")
+            else {
                 return false;
             };
             self.rx_empty_rounds = 0;
