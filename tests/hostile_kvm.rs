@@ -160,6 +160,13 @@ fn a_hostile_guest_cannot_take_the_vmm_down() {
         "the console must keep serving during the attack: {out}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // Every round the guest makes each device refuse to start 4 times: one warning per device
+    // for the whole run, the rest at debug level.
+    let refusals = err.matches("cannot start device").count();
+    assert!(
+        (1..=3).contains(&refusals),
+        "{refusals} start refusals logged (one per device expected): {err}"
+    );
     assert!(
         err.len() <= MAX_STDERR,
         "the guest made the VMM write {} bytes of log: {}",

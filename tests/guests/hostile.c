@@ -205,9 +205,32 @@ static void fill_desc(volatile struct virtq_desc *desc, u32 size)
     }
 }
 
+/* A start the device must refuse: queue 0's descriptor table at 64 GiB, where there is no RAM
+ * (the VMM then sets DEVICE_NEEDS_RESET, and may log it once). */
+static void bad_start(const struct virtio_dev *d)
+{
+    vdev_wr(d, VM_STATUS, 0);
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE);
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    vdev_wr(d, VM_DRIVER_FEATURES_SEL, 1);
+    vdev_wr(d, VM_DRIVER_FEATURES, 1); /* VIRTIO_F_VERSION_1 only */
+    vdev_wr(d, VM_DRIVER_FEATURES_SEL, 0);
+    vdev_wr(d, VM_DRIVER_FEATURES, 0);
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    vdev_wr(d, VM_QUEUE_SEL, 0);
+    vdev_wr(d, VM_QUEUE_NUM, 1);
+    vdev_wr(d, VM_QUEUE_DESC_LOW, 0);
+    vdev_wr(d, VM_QUEUE_DESC_HIGH, 0x10);
+    vdev_wr(d, VM_QUEUE_READY, 1);
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    vdev_wr(d, VM_STATUS, 0);
+}
+
 static u32 chain_round(const struct virtio_dev *d, u32 queues)
 {
     u32 chains = 0;
+    for (u32 i = 0; i < 4; i++)
+        bad_start(d);
     vdev_wr(d, VM_STATUS, 0);
     vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE);
     vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
