@@ -79,18 +79,16 @@ impl MmioTransport {
         self.status = (self.status & !DRIVER_STATUS_BITS) | new;
         if activate {
             if let Err(e) = self.activate() {
-                let level = if self.start_failure_logged {
-                    log::Level::Debug
+                let device_type = self.device_type;
+                if self.start_failure_logged {
+                    debug!("virtio-mmio: cannot start device type {device_type}: {e}");
                 } else {
-                    log::Level::Warn
-                };
-                self.start_failure_logged = true;
-                log::log!(
-                    level,
-                    "virtio-mmio: cannot start device type {}: {e} (later failures are logged \
-                     at debug level)",
-                    self.device_type
-                );
+                    self.start_failure_logged = true;
+                    warn!(
+                        "virtio-mmio: cannot start device type {device_type}: {e} (later \
+                         failures are logged at debug level)"
+                    );
+                }
                 // §2.1.2: a device that needs a reset sets DEVICE_NEEDS_RESET and sends a
                 // configuration change notification (InterruptStatus bit 1, §4.2.2).
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
