@@ -109,6 +109,10 @@ pub(crate) mod test_util {
         pub fn file(&mut self) -> &mut File {
             &mut self.file
         }
+
+        pub fn as_file(&self) -> &File {
+            &self.file
+        }
     }
 
     impl Drop for TempFile {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use boot::acpi::{self, AcpiConfig};
+use boot::loader::copy::{CopyFailed, CopyQueue};
 use boot::{layout, loader, memory, mptable, paging, params};
 use devices::power::GuestExitCode;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -310,7 +311,7 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
         initrd: initrd_file,
         disks,
         taps,
-        mut cmdline,
+        cmdline,
     } = open_inputs(config)?;
     let signal_evt = install_signal_handlers()?;
 
@@ -324,35 +325,128 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
     // check_config made sure the count fits the MP table's u8.
     let cpus = config.cpus as u8;
     // Starting a thread takes a few hundred microseconds here: the vCPU threads start first,
-    // and each sets up its vCPU as soon as the VM exists (the kernel is loaded before it, so
+    // and each sets up its vCPU as soon as the VM exists (the kernel is placed before it, so
     // its entry point is known by then), while this thread builds the devices and the boot
     // structures.
     let (exit, filters, vcpu_threads) = spawn_vcpus(&mem, cpus, config.seccomp)?;
-    let kernel =
-        loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
+    timeline::mark("vCPU threads started");
+    let (kernel, kernel_bytes) =
+        loader::place_kernel(&mem, &mut kernel_file).map_err(|source| Error::LoadKernel {
             path: config.kernel.clone(),
             source: source.into(),
         })?;
     let initrd = match (initrd_file, &config.initrd) {
-        (Some(mut file), Some(path)) => Some(
-            loader::load_initrd(&mem, &mut file, &kernel).map_err(|source| Error::LoadInitrd {
-                path: path.clone(),
-                source: source.into(),
-            })?,
-        ),
+        (Some(mut file), Some(path)) => {
+            let (range, bytes) =
+                loader::place_initrd(&mem, &mut file, &kernel).map_err(|source| {
+                    Error::LoadInitrd {
+                        path: path.clone(),
+                        source: source.into(),
+                    }
+                })?;
+            Some((file, range, bytes))
+        }
         _ => None,
     };
-    timeline::mark("kernel and initrd loaded");
+    timeline::mark("kernel and initrd placed");
 
-    let vm = Arc::new(create_vm(&config.kvm_path, &mem, config.cpus)?);
-    vcpu_threads.setup(&vm, kernel.entry);
     let saved_config = SavedConfig {
         memory_mib: config.memory_mib,
         cpus,
         disks: disks.iter().map(|(disk, _)| disk.clone()).collect(),
         nets: taps.iter().map(|(net, _)| net.clone()).collect(),
     };
-    let devices = create_devices(&vm, &mem, disks, taps)?;
+
+    // Copying the kernel and the initrd is most of the loading (the host faults in and
+    // zeroes every page first): a thread of its own starts on it while this one creates the
+    // VM and the devices and writes the boot structures, then this one helps.
+    let mut copies = vec![(&kernel_file, &kernel_bytes)];
+    copies.extend(initrd.as_ref().map(|(file, _, bytes)| (file, bytes)));
+    let copies = CopyQueue::new(&copies);
+    let (vm, devices) = std::thread::scope(|scope| {
+        let helper = (copies.len() >= PARALLEL_COPY_MIN).then(|| scope.spawn(|| copies.work(&mem)));
+        let boot = Boot {
+            kernel: &kernel,
+            initrd: initrd.as_ref().map(|(_, range, _)| range),
+            cmdline,
+        };
+        let built = build_vm(config, &mem, cpus, boot, disks, taps, &vcpu_threads);
+        if built.is_err() {
+            copies.cancel();
+        }
+        let mine = copies.work(&mem);
+        let theirs = helper.map_or(Ok(()), |helper| {
+            helper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        let built = built?;
+        mine.and(theirs)
+            .map_err(|failed| copy_error(config, failed))?;
+        Ok::<_, Error>(built)
+    })?;
+    timeline::mark("kernel and initrd copied");
+    run(Machine {
+        vm,
+        mem,
+        exit,
+        signal_evt,
+        vcpu_threads,
+        devices,
+        config: saved_config,
+        api_socket: config.api_socket.clone(),
+        exit_stats: config.exit_stats,
+        paused: false,
+        filters,
+        saved_vm: None,
+    })
+}
+
+/// Below this many bytes to copy, the kernel and initrd are copied on the main thread alone
+/// (a tiny test guest's few KiB): starting a thread would cost more than it saves.
+const PARALLEL_COPY_MIN: u64 = 2 * loader::copy::CHUNK;
+
+/// The error for a failed copy of the kernel (file 0) or the initrd (file 1).
+fn copy_error(config: &VmConfig, failed: CopyFailed) -> Error {
+    match (failed.file, &config.initrd) {
+        (1, Some(path)) => Error::LoadInitrd {
+            path: path.clone(),
+            source: loader::Error::ReadInitrd(failed.source).into(),
+        },
+        _ => Error::LoadKernel {
+            path: config.kernel.clone(),
+            source: loader::Error::ReadKernel(failed.source).into(),
+        },
+    }
+}
+
+/// What the guest boots: the kernel and the initrd as placed, and its command line so far.
+struct Boot<'a> {
+    kernel: &'a loader::LoadedKernel,
+    initrd: Option<&'a loader::InitrdRange>,
+    cmdline: Cmdline,
+}
+
+/// Creates the VM with `mem` as its RAM, has the vCPU threads set up their vCPUs, creates the
+/// devices, and writes the boot structures (the kernel and initrd are placed, not necessarily
+/// copied yet: none of this touches their bytes).
+fn build_vm(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    boot: Boot,
+    disks: OpenDisks,
+    taps: OpenTaps,
+    vcpu_threads: &vcpus::VcpuThreads,
+) -> Result<(Arc<Vm>, Devices), Error> {
+    let Boot {
+        kernel,
+        initrd,
+        mut cmdline,
+    } = boot;
+    let vm = Arc::new(create_vm(&config.kvm_path, mem, config.cpus)?);
+    vcpu_threads.setup(&vm, kernel.entry);
+    let devices = create_devices(&vm, mem, disks, taps)?;
     // Kernels without ACPI find the virtio devices on the command line, the others in the
     // DSDT (for one with both, the second registration of a window fails harmlessly).
     let virtio_slots = &devices.virtio_slots;
@@ -368,36 +462,22 @@ pub fn run_vm(config: &VmConfig) -> Result<(ExitReason, Option<u8>), Error> {
             .map(|slot| (slot.addr, slot.size, slot.irq))
             .collect(),
     };
-    let rsdp = acpi::setup_acpi(&mem, &acpi).map_err(|e| Error::BootStructures(e.into()))?;
+    let rsdp = acpi::setup_acpi(mem, &acpi).map_err(|e| Error::BootStructures(e.into()))?;
 
     params::configure_boot(
-        &mem,
-        &kernel,
+        mem,
+        kernel,
         &cmdline,
-        initrd.as_ref(),
-        mem_size,
+        initrd,
+        config.memory_mib << 20,
         Some(rsdp),
     )
     .map_err(|e| Error::BootStructures(e.into()))?;
-    mptable::setup_mptable(&mem, cpus).map_err(|e| Error::BootStructures(e.into()))?;
-    boot::gdt::write_gdt_and_idt(&mem).map_err(|e| Error::BootStructures(e.into()))?;
-    paging::setup_identity_paging(&mem).map_err(|e| Error::BootStructures(e.into()))?;
-
+    mptable::setup_mptable(mem, cpus).map_err(|e| Error::BootStructures(e.into()))?;
+    boot::gdt::write_gdt_and_idt(mem).map_err(|e| Error::BootStructures(e.into()))?;
+    paging::setup_identity_paging(mem).map_err(|e| Error::BootStructures(e.into()))?;
     timeline::mark("devices and boot structures ready");
-    run(Machine {
-        vm,
-        mem,
-        exit,
-        signal_evt,
-        vcpu_threads,
-        devices,
-        config: saved_config,
-        api_socket: config.api_socket.clone(),
-        exit_stats: config.exit_stats,
-        paused: false,
-        filters,
-        saved_vm: None,
-    })
+    Ok((vm, devices))
 }
 
 /// SIGINT/SIGTERM (as an event the event loop watches) and the vCPU kick, before any vCPU

@@ -1,8 +1,12 @@
 //! Loading the kernel (bzImage or ELF `vmlinux`) and the initrd into guest memory.
 //!
-//! The format is chosen by magic number; the actual loading is done by `linux-loader`
-//! (`BzImage` and `Elf`), with checks around it that turn "does not fit" and "wrong
-//! architecture" into errors a user can act on.
+//! The format is chosen by magic number; the image is parsed by `linux-loader` (`BzImage` and
+//! `Elf`), with checks around it that turn "does not fit" and "wrong architecture" into errors
+//! a user can act on. [`place_kernel`] and [`place_initrd`] decide where everything goes and
+//! leave the copying to the caller ([`copy::Placement`], [`copy::CopyQueue`]: on other threads,
+//! while the VM is being created); [`load_kernel`] and [`load_initrd`] also copy.
+
+pub mod copy;
 
 use std::fmt;
 use std::fs::File;
@@ -17,11 +21,9 @@ use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
-use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError,
-    GuestMemoryRegion,
-};
+use vm_memory::{Address, ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use self::copy::{Placement, PlacingReader};
 use crate::layout::{HIMEM_START, VMM_BOOT_RANGES};
 // The initrd is page aligned, as the boot protocol asks.
 use crate::memory::PAGE_SIZE;
@@ -143,9 +145,6 @@ pub enum Error {
         /// Largest initrd that would have fit, in bytes.
         room: u64,
     },
-    /// Copying the initrd into guest memory failed.
-    #[error("cannot copy the initrd into guest memory")]
-    CopyInitrd(#[source] GuestMemoryError),
 }
 
 /// Kernel image formats this VMM boots.
@@ -287,19 +286,34 @@ fn low_ram_end(mem: &GuestMemoryMmap) -> Result<u64, Error> {
     Ok(region.start_addr().0.saturating_add(region.len()))
 }
 
-/// Loads the kernel: a bzImage at [`HIMEM_START`] (entry at +0x200, 64-bit), or an ELF
-/// `vmlinux` at its physical addresses (PVH entry when the `XEN_ELFNOTE_PHYS32_ENTRY` note is
-/// there, else `e_entry` in 64-bit mode).
+/// Loads the kernel: [`place_kernel`], then the copy.
 pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKernel, Error> {
+    let (kernel, placement) = place_kernel(mem, file)?;
+    placement.copy(mem, file).map_err(Error::ReadKernel)?;
+    Ok(kernel)
+}
+
+/// Parses and checks the kernel and decides where it goes, without copying it: a bzImage at
+/// [`HIMEM_START`] (entry at +0x200, 64-bit), or an ELF `vmlinux` at its physical addresses
+/// (PVH entry when the `XEN_ELFNOTE_PHYS32_ENTRY` note is there, else `e_entry` in 64-bit
+/// mode). The [`Placement`] says which bytes of the file go where; guest memory is untouched.
+pub fn place_kernel(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+) -> Result<(LoadedKernel, Placement), Error> {
     let format = detect_format(file)?;
     let room = low_ram_end(mem)?.saturating_sub(HIMEM_START.0);
     match format {
-        KernelFormat::BzImage => load_bzimage(mem, file, room),
-        KernelFormat::Elf => load_elf(mem, file, room),
+        KernelFormat::BzImage => place_bzimage(mem, file, room),
+        KernelFormat::Elf => place_elf(mem, file, room),
     }
 }
 
-fn load_bzimage(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedKernel, Error> {
+fn place_bzimage(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    room: u64,
+) -> Result<(LoadedKernel, Placement), Error> {
     let mut hdr = setup_header::default();
     file.seek(SeekFrom::Start(SETUP_HEADER_OFFSET))
         .and_then(|_| file.read_exact(hdr.as_mut_slice()))
@@ -351,23 +365,28 @@ fn load_bzimage(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<Loa
         return Err(Error::KernelTooLarge { size: needed, room });
     }
 
-    let result =
-        BzImage::load(mem, Some(HIMEM_START), file, Some(HIMEM_START)).map_err(|source| {
-            Error::LoadKernel {
-                format: KernelFormat::BzImage,
-                source,
-            }
-        })?;
+    let mut reader = PlacingReader::new(file, mem).map_err(Error::ReadKernel)?;
+    let result = BzImage::load(mem, Some(HIMEM_START), &mut reader, Some(HIMEM_START)).map_err(
+        |source| Error::LoadKernel {
+            format: KernelFormat::BzImage,
+            source,
+        },
+    )?;
     let kernel_end = result.kernel_end.max(HIMEM_START.0 + needed);
-    Ok(LoadedKernel {
+    let kernel = LoadedKernel {
         format: KernelFormat::BzImage,
         entry: EntryPoint::Long64(result.kernel_load.unchecked_add(KERNEL_64BIT_ENTRY_OFFSET)),
         kernel_end: GuestAddress(kernel_end),
         setup_header: result.setup_header.or(Some(hdr)),
-    })
+    };
+    Ok((kernel, reader.into_placement()))
 }
 
-fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedKernel, Error> {
+fn place_elf(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    room: u64,
+) -> Result<(LoadedKernel, Placement), Error> {
     let mut ehdr = Elf64_Ehdr::default();
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.read_exact(ehdr.as_mut_slice()))
@@ -401,6 +420,16 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
             continue;
         }
         let segment_end = check_segment(mem, &phdr, room)?;
+        // The segments are copied in pieces by several threads at once, in no set order.
+        if let Some(other) = segments
+            .iter()
+            .find(|s: &&std::ops::Range<u64>| phdr.p_paddr < s.end && s.start < segment_end)
+        {
+            return Err(Error::BadElf(format!(
+                "its segments [{:#x}, {:#x}) and [{:#x}, {segment_end:#x}) overlap",
+                other.start, other.end, phdr.p_paddr
+            )));
+        }
         segments.push(phdr.p_paddr..segment_end);
         end = end.max(segment_end);
     }
@@ -408,11 +437,13 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
         return Err(Error::BadElf("it has no loadable segment".into()));
     }
 
-    let result =
-        Elf::load(mem, None, file, Some(HIMEM_START)).map_err(|source| Error::LoadKernel {
+    let mut reader = PlacingReader::new(file, mem).map_err(Error::ReadKernel)?;
+    let result = Elf::load(mem, None, &mut reader, Some(HIMEM_START)).map_err(|source| {
+        Error::LoadKernel {
             format: KernelFormat::Elf,
             source,
-        })?;
+        }
+    })?;
     let entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr),
         PvhBootCapability::PvhEntryNotPresent | PvhBootCapability::PvhEntryIgnored => {
@@ -427,12 +458,13 @@ fn load_elf(mem: &GuestMemoryMmap, file: &mut File, room: u64) -> Result<LoadedK
             "its entry point {entry_addr:#x} is not inside any loadable segment"
         )));
     }
-    Ok(LoadedKernel {
+    let kernel = LoadedKernel {
         format: KernelFormat::Elf,
         entry,
         kernel_end: GuestAddress(result.kernel_end.max(end)),
         setup_header: None,
-    })
+    };
+    Ok((kernel, reader.into_placement()))
 }
 
 /// Checks one `PT_LOAD` segment of an ELF kernel against guest RAM and the ranges the VMM
@@ -491,14 +523,26 @@ fn initrd_limit(mem: &GuestMemoryMmap, kernel: &LoadedKernel) -> Result<u64, Err
     Ok((addr_max + 1).min(low_ram_end(mem)?))
 }
 
-/// Loads the initrd as the boot protocol recommends (Documentation/x86/boot.rst, "ramdisk_image"
-/// and `initrd_addr_max`): at the highest page-aligned address where it lies wholly below
-/// `min(initrd_addr_max + 1, end of the first RAM region)` and above `kernel.kernel_end`.
+/// Loads the initrd: [`place_initrd`], then the copy.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     file: &mut File,
     kernel: &LoadedKernel,
 ) -> Result<InitrdRange, Error> {
+    let (range, placement) = place_initrd(mem, file, kernel)?;
+    placement.copy(mem, file).map_err(Error::ReadInitrd)?;
+    Ok(range)
+}
+
+/// Places the initrd as the boot protocol recommends (Documentation/x86/boot.rst, "ramdisk_image"
+/// and `initrd_addr_max`): at the highest page-aligned address where it lies wholly below
+/// `min(initrd_addr_max + 1, end of the first RAM region)` and above `kernel.kernel_end`. The
+/// whole file goes there; nothing is copied yet.
+pub fn place_initrd(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    kernel: &LoadedKernel,
+) -> Result<(InitrdRange, Placement), Error> {
     let size = file.metadata().map_err(Error::ReadInitrd)?.len();
     if size == 0 {
         return Err(Error::EmptyInitrd);
@@ -512,11 +556,10 @@ pub fn load_initrd(
     }
     // limit - size >= lowest, and lowest is page aligned, so rounding down stays above it.
     let addr = GuestAddress((limit - size) & !(PAGE_SIZE - 1));
-
-    file.seek(SeekFrom::Start(0)).map_err(Error::ReadInitrd)?;
-    mem.read_exact_volatile_from(addr, file, len)
-        .map_err(Error::CopyInitrd)?;
-    Ok(InitrdRange { addr, size: len })
+    Ok((
+        InitrdRange { addr, size: len },
+        Placement::whole(addr, size),
+    ))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use super::*;
 use crate::test_util::{guest_mem, TempFile};
 use linux_loader::elf::{Elf64_Nhdr, EI_NIDENT, PT_NOTE};
+use vm_memory::Bytes;
 
 const MIB: usize = 1 << 20;
 
@@ -262,7 +263,7 @@ fn elf_checks() {
 /// An ELF with the entry point in a 32-byte segment at 2 MiB and a second segment at `paddr`
 /// (`memsz` bytes, the same 32 bytes of code in the file), the layout of binutils' default
 /// `-z separate-code` (a segment of only the headers, then the code).
-fn elf_with_segment_at(paddr: u64, memsz: u64) -> Vec<u8> {
+pub(crate) fn elf_with_segment_at(paddr: u64, memsz: u64) -> Vec<u8> {
     let image = fake_elf(&[0xf4; 32], 0x20_0000, 32, None);
     let ehdr_size = size_of::<Elf64_Ehdr>();
     let phdr_size = size_of::<Elf64_Phdr>();
