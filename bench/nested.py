@@ -6,7 +6,7 @@ kvm-amd /dev/kvm) and inside it runs RUNS alternating rounds of vmm and of QEMU
 microvm (this machine's qemu-system-x86_64 and its shared libraries, copied in and started
 through their own dynamic loader). Every guest gets 128 MiB and 1 vCPU. Prints a Markdown
 table like bench/compare.py's (median (min–max) per VMM, ratio of medians vmm/QEMU), then
-each run's spawn time with vmm's own --timings breakdown (kernel and initrd loaded, first
+each run's spawn time with vmm's own --timings breakdown (kernel and initrd copied, first
 vCPU entry, first serial byte, in ms since vmm started) and the guest's /proc/uptime at
 /init (the guest's own clock, which is unreliable that early under nested TCG: under QEMU
 the printk timestamps even stand still for a while; so it is shown per run, for vmm's runs
@@ -42,7 +42,17 @@ guest's reset ends it, -L with just qboot.rom, virtio-mmio.force-legacy=false, v
 Runs go PER_BOOT to a test-host boot (each boot first does one warm-up spawn of each VMM,
 not counted); a boot whose console goes quiet for STALL seconds is stopped and run again.
 
+The test host's kernel gets L1_ARGS (default `init_on_free=1`: it zeroes memory as it frees
+it). Without it each run paid for the one before, at random: under TCG, writing to L1 memory
+that the last guest's code ran from is slow (most likely QEMU dropping its translations of
+that code first). 12 MB written by a program in L1 took 70 ms, and 190-800 ms right after a
+VM had run; vmm's kernel copy took 0.1-1.1 s; a guest's first touch of one 2 MiB page stalled
+it 0.37 s (traced with L1's kvm_exit events). With it, that cost comes when the memory is
+freed, at the end of the run that used it (after its VMM-INIT-OK), so each run starts on clean
+memory, the same for both VMMs. `--l1-args ""` measures without it.
+
 Usage: bench/nested.py [--runs N] [--per-boot N] [--only spawn,io] [--vmm PATH] [--keep DIR]
+                       [--l1-args ARGS]
 """
 
 import argparse
@@ -77,7 +87,7 @@ QM="-M microvm,x-option-roms=off,rtc=off,isa-serial=on,pic=off,pit=off,acpi=off 
 QV="-global virtio-mmio.force-legacy=false"
 # Every kernel message to the console: a soft lockup in L1 shows its trace (see --stall).
 echo 8 > /proc/sys/kernel/printk
-echo "BENCH-L1 $(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+echo "BENCH-L1 $(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled) cmdline=$(cat /proc/cmdline)"
 echo "BENCH-QEMU $($Q --version | head -1)"
 
 tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
@@ -375,6 +385,8 @@ def main():
                     help="seconds without console output after which a boot is retried")
     ap.add_argument("--retries", type=int, default=2, help="retries of a stalled boot")
     ap.add_argument("--keep", default=None, help="keep the job's files and logs in this directory")
+    ap.add_argument("--l1-args", default="init_on_free=1",
+                    help="added to the test host kernel's command line (see above)")
     args = ap.parse_args()
     if not os.path.exists(args.vmm):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -385,7 +397,8 @@ def main():
     os.makedirs(job)
     os.makedirs(out)
     build_job(job, args)
-    env = dict(os.environ, TESTHOST_MEMORY_MIB=str(args.testhost_memory), TESTHOST_CPUS="2")
+    env = dict(os.environ, TESTHOST_MEMORY_MIB=str(args.testhost_memory), TESTHOST_CPUS="2",
+               TESTHOST_KERNEL_ARGS=args.l1_args)
     console, boots, stalls = "", 0, 0
     load_before = os.getloadavg()[0]
     t0 = time.monotonic()
@@ -451,12 +464,12 @@ def main():
 
     if spawns:
         print("\nEach spawn run (ms; vmm's phases from its --timings: kernel and initrd "
-              "loaded, first vCPU entry, first serial byte):")
-        print("| run | VMM | spawn → VMM-INIT-OK | guest uptime | loaded | entry | 1st byte |")
+              "copied, first vCPU entry, first serial byte):")
+        print("| run | VMM | spawn → VMM-INIT-OK | guest uptime | copied | entry | 1st byte |")
         print("|---|---|---|---|---|---|---|")
         for name, run, ms, uptime in sorted(spawns, key=lambda s: (s[1], s[0])):
             marks = vmm_timeline(os.path.join(out, f"spawn-{name}-{run}.err")) if name == "vmm" else {}
-            cols = [marks.get("kernel and initrd loaded"), marks.get("first vCPU entry"),
+            cols = [marks.get("kernel and initrd copied"), marks.get("first vCPU entry"),
                     marks.get("first byte from the guest's serial port")]
             cells = " | ".join("" if c is None else f"{c:.0f}" for c in cols)
             up = "" if uptime is None else f"{uptime * 1000:.0f}"

@@ -11,7 +11,9 @@
 # by the caller; `tar -xf RESULTS_IMAGE` unpacks it). The test host's console is this
 # script's stdout: the job's output, then `TESTHOST-JOB-EXIT <code>`. The exit code is QEMU's.
 #
-# TESTHOST_MEMORY_MIB (default 2048) and TESTHOST_CPUS (default 2) size the test host.
+# TESTHOST_MEMORY_MIB (default 2048) and TESTHOST_CPUS (default 2) size the test host;
+# TESTHOST_KERNEL_ARGS is added to its kernel's command line (bench/nested.py passes
+# init_on_free=1 there).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
@@ -36,4 +38,4 @@ fi
 qemu-system-x86_64 -accel tcg -cpu max -m "${TESTHOST_MEMORY_MIB:-2048}" \
     -smp "${TESTHOST_CPUS:-2}" -nodefaults -no-user-config -display none -serial stdio \
     -no-reboot -kernel "$host/vmlinuz" -initrd "$tmp/initrd.cpio" \
-    -append "console=ttyS0 quiet panic=-1" "${disk[@]}"
+    -append "console=ttyS0 quiet panic=-1 ${TESTHOST_KERNEL_ARGS:-}" "${disk[@]}"
