@@ -44,12 +44,14 @@ not counted); a boot whose console goes quiet for STALL seconds is stopped and r
 
 The test host's kernel gets L1_ARGS (default `init_on_free=1`: it zeroes memory as it frees
 it). Without it each run paid for the one before, at random: under TCG, writing to L1 memory
-that the last guest's code ran from is slow (most likely QEMU dropping its translations of
-that code first). 12 MB written by a program in L1 took 70 ms, and 190-800 ms right after a
-VM had run; vmm's kernel copy took 0.1-1.1 s; a guest's first touch of one 2 MiB page stalled
-it 0.37 s (traced with L1's kvm_exit events). With it, that cost comes when the memory is
-freed, at the end of the run that used it (after its VMM-INIT-OK), so each run starts on clean
-memory, the same for both VMMs. `--l1-args ""` measures without it.
+that code ran from makes QEMU drop its translations of that code first, and the memory the
+last guest ran from is what the next run gets. Measured in L1: 12 MB written by a program took
+70 ms; 190-800 ms right after a VM had run; 1.1-6.6 s right after a program had run code from
+8 MiB and freed it (70 ms when it had only written them); vmm's kernel copy took 0.1-1.1 s; a
+guest's first touch of one 2 MiB page stalled it 0.37 s (L1's kvm_exit trace). With it, that
+cost comes when the memory is freed, at the end of the run that used it (after its
+VMM-INIT-OK), so each run starts on clean memory, the same for both VMMs. `--l1-args ""`
+measures without it.
 
 Usage: bench/nested.py [--runs N] [--per-boot N] [--only spawn,io] [--vmm PATH] [--keep DIR]
                        [--l1-args ARGS]
