@@ -327,9 +327,16 @@ SNAP_ROWS = [
 ]
 
 
+# What L1's kernel prints when a CPU has been stuck in it: seen with the QEMU inside L1, whose
+# KVM_RUN spun in kvm_inject_apic_timer_irqs for minutes, deaf to spawn-until's SIGKILL, while
+# the watchdog's reports kept the console from going quiet.
+LOCKUP = b"watchdog: BUG: soft lockup"
+
+
 def run_testhost(job, work, env, stall, limit, log):
     """One test-host boot: (console, finished). Its console is copied to `log` as it comes;
-    the boot is stopped when nothing comes for `stall` seconds or after `limit` seconds."""
+    the boot is stopped when nothing comes for `stall` seconds, after `limit` seconds, or at
+    L1's first soft-lockup report."""
     results_img = os.path.join(work, "results.tar")
     with open(results_img, "wb") as f:
         f.truncate(128 << 20)
@@ -342,9 +349,11 @@ def run_testhost(job, work, env, stall, limit, log):
     with open(log, "ab") as f:
         while True:
             now = time.monotonic()
-            if now - last > stall or now - start > limit:
-                print(f"the test host stalled ({now - last:.0f} s without output); stopping it",
-                      file=sys.stderr)
+            locked = LOCKUP in console[-65536 - len(LOCKUP):]
+            if now - last > stall or now - start > limit or locked:
+                why = ("a CPU of the test host locked up" if locked
+                       else f"the test host stalled ({now - last:.0f} s without output)")
+                print(f"{why}; stopping it", file=sys.stderr)
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
                     proc.wait(10)
@@ -449,7 +458,7 @@ def main():
             if results["vmm"].get(key):
                 print(f"| {label} | {unit} | {fmt(results['vmm'][key])} |")
         print()
-    retried = f", {stalls} of them stalled and were retried" if stalls else ""
+    retried = f", {stalls} of them stalled or locked up and were run again" if stalls else ""
     print(f"\n{args.runs} runs each, alternating, in {boots} test-host boots{retried} "
           f"({elapsed:.0f} s); guest "
           f"{MEM_MIB} MiB, 1 vCPU; blk: {args.blk_mb} MiB, {args.blk_ops} 4 KiB reads; net: "
