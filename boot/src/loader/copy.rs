@@ -55,7 +55,7 @@ impl Placement {
         }
     }
 
-    /// The extents, in the order the loader placed them (a later one wins where they overlap).
+    /// The extents, in the order the loader placed them.
     pub fn extents(&self) -> &[Extent] {
         &self.extents
     }
@@ -251,10 +251,9 @@ impl<'a> CopyQueue<'a> {
         self.chunks.is_empty()
     }
 
-    /// Copies chunks until none is left (or one fails: then the others are left too).
-    ///
-    /// Extents of one placement that overlap (none do in a kernel that passed the loader's
-    /// checks) are copied in no particular order.
+    /// Copies chunks until none is left (or one fails: then the others are left too). Chunks
+    /// are copied in no set order: extents must not overlap (the loader refuses ELF segments
+    /// that do).
     pub fn work(&self, mem: &GuestMemoryMmap) -> Result<(), CopyFailed> {
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);

@@ -411,7 +411,7 @@ fn place_elf(
     file.seek(SeekFrom::Start(ehdr.e_phoff))
         .map_err(Error::ReadKernel)?;
     let mut end = HIMEM_START.0;
-    let mut segments = Vec::new();
+    let mut segments: Vec<std::ops::Range<u64>> = Vec::new();
     for _ in 0..ehdr.e_phnum {
         let mut phdr = Elf64_Phdr::default();
         file.read_exact(phdr.as_mut_slice())
@@ -423,7 +423,7 @@ fn place_elf(
         // The segments are copied in pieces by several threads at once, in no set order.
         if let Some(other) = segments
             .iter()
-            .find(|s: &&std::ops::Range<u64>| phdr.p_paddr < s.end && s.start < segment_end)
+            .find(|s| phdr.p_paddr < s.end && s.start < segment_end)
         {
             return Err(Error::BadElf(format!(
                 "its segments [{:#x}, {:#x}) and [{:#x}, {segment_end:#x}) overlap",
