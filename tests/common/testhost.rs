@@ -205,22 +205,34 @@ impl Job {
         file.set_len(256 << 20).expect("size the results disk");
         drop(file);
         // A test-host boot now and then goes quiet under TCG and stays so (seen in CI here:
-        // no output for 9 minutes, mid-job); such a boot is run again from the start.
+        // no output for 9 minutes, mid-job), reports a soft lockup, or its machine resets
+        // before the job ends (seen once in CI here: QEMU exited 0 seconds after the job's
+        // first guest started, with no panic on the console). Such a boot is run again from
+        // the start.
         let mut attempt = 1;
         let (console, status) = loop {
-            let (console, status, quiet) = run_testhost(&self.dir, &results, limit);
-            if !quiet || attempt == TESTHOST_ATTEMPTS {
+            let (console, status, stuck) = run_testhost(&self.dir, &results, limit);
+            let reset = status.success()
+                && !console.contains("TESTHOST-JOB-EXIT")
+                && !console.contains("TESTHOST-NO-KVM");
+            if !(stuck || reset) || attempt == TESTHOST_ATTEMPTS {
                 break (console, status);
             }
-            // Kept for a reader: where the quiet boot stopped (the next boot's console
-            // replaces job-NAME.console).
+            // Kept for a reader: where the boot stopped (the next boot's console replaces
+            // job-NAME.console).
             let kept = self
                 .dir
-                .with_file_name(format!("job-{}.quiet-{attempt}.console", self.name));
+                .with_file_name(format!("job-{}.lost-{attempt}.console", self.name));
             let _ = std::fs::write(&kept, &console);
+            let what = if !stuck {
+                "reset before its job ended".to_string()
+            } else if console.contains(LOCKUP) {
+                "reported a soft lockup".to_string()
+            } else {
+                format!("went quiet for {QUIET_LIMIT:?}")
+            };
             super::say(&format!(
-                "the test host for job {} went quiet for {QUIET_LIMIT:?} (its console: {}); \
-                 running it again",
+                "the test host for job {} {what} (its console: {}); running it again",
                 self.name,
                 kept.display()
             ));
@@ -265,13 +277,17 @@ pub fn read_from_ext4(image: &Path, file: &str) -> String {
 
 /// How long a test host may print nothing before its boot counts as stuck.
 const QUIET_LIMIT: Duration = Duration::from_secs(240);
-/// Boots of the test host per job, at most (the first, and one after each that went quiet;
-/// CI here has seen two quiet boots in a row once, in the benchmark's smoke run).
+/// What the test host's kernel prints when one of its CPUs has been stuck in it: its boot
+/// counts as stuck too (bench/nested.py saw the QEMU inside L1 spin in `KVM_RUN` for minutes,
+/// deaf to SIGKILL, while these reports kept the console from going quiet).
+const LOCKUP: &str = "watchdog: BUG: soft lockup";
+/// Boots of the test host per job, at most (the first, and one after each that went quiet or
+/// reset; CI here has seen two quiet boots in a row once, in the benchmark's smoke run).
 const TESTHOST_ATTEMPTS: u32 = 3;
 
-/// One run of resources/testhost.sh for the job in `dir`, killed after `limit` or once it has
-/// printed nothing for [`QUIET_LIMIT`] before the job ended: its console, its exit status,
-/// and whether it went quiet.
+/// One run of resources/testhost.sh for the job in `dir`, killed after `limit`, or once it has
+/// printed nothing for [`QUIET_LIMIT`] or reported a [`LOCKUP`] before the job ended: its
+/// console, its exit status, and whether it was stuck.
 fn run_testhost(
     dir: &Path,
     results: &Path,
@@ -307,7 +323,7 @@ fn run_testhost(
             }
         })
     };
-    let mut quiet = false;
+    let mut stuck_at_end = false;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the test host") {
             break status;
@@ -316,12 +332,12 @@ fn run_testhost(
             let out = output.lock().unwrap();
             let text = String::from_utf8_lossy(&out.0);
             (
-                out.1.elapsed() > QUIET_LIMIT,
+                out.1.elapsed() > QUIET_LIMIT || text.contains(LOCKUP),
                 text.contains("TESTHOST-JOB-EXIT"),
             )
         };
         if stuck && !ended {
-            quiet = true;
+            stuck_at_end = true;
             // SAFETY: a signal to the process group of our own child (timeout, bash, QEMU).
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             break child.wait().expect("wait for the test host");
@@ -330,7 +346,7 @@ fn run_testhost(
     };
     let _ = reader.join();
     let console = String::from_utf8_lossy(&output.lock().unwrap().0).into_owned();
-    (console, status, quiet)
+    (console, status, stuck_at_end)
 }
 
 /// Checks a guest kernel log: no `BUG:`, `Oops` or `WARNING:` line, but one known warning per
