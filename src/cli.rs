@@ -102,6 +102,13 @@ pub struct Cli {
     #[arg(long, conflicts_with = "restore")]
     pub no_thp: bool,
 
+    /// No virtio-rng device. By default the guest gets one (virtio 1.2 §5.4): bytes from the
+    /// host's getrandom(2), at most 64 KiB per request and 1 MiB/s, which Linux uses as
+    /// /dev/hwrng and to seed its entropy pool at boot. A restored VM has what it was
+    /// snapshotted with.
+    #[arg(long, conflicts_with = "restore")]
+    pub no_rng: bool,
+
     /// With --restore: keep the vCPUs paused until `PUT /vm/resume`.
     #[arg(long, requires = "restore", conflicts_with = "kernel")]
     pub restore_paused: bool,

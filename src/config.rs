@@ -1,5 +1,5 @@
-//! What a VM is made of, as the user asked for it: the CLI fills these in, the runner builds
-//! and runs the VM they describe.
+//! What a VM is made of, as the user asked for it: the CLI fills these in, [`crate::vmm::Vmm`]
+//! builds and runs the VM they describe.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Ask for transparent huge pages for guest RAM (not `--no-thp`).
     pub thp: bool,
+    /// Give the guest a virtio-rng device (not `--no-rng`).
+    pub rng: bool,
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).

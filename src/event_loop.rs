@@ -1,6 +1,5 @@
 //! The main thread's event loop (event-manager): bytes from stdin go to the guest's serial
-//! port; the guest's reset, power-off and panic, SIGINT/SIGTERM and the vCPUs' exit requests
-//! stop the VM.
+//! port; SIGINT/SIGTERM stop the VM, and a stop requested elsewhere wakes the loop.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -8,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use devices::serial::SerialDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::exit::{ExitReason, VmExit};
 use crate::signals::SignalEvent;
+use crate::stop::{StopReason, VmStop};
 
 /// Forwards stdin to the serial port.
 pub struct StdinInput {
@@ -68,47 +66,32 @@ impl MutEventSubscriber for StdinInput {
     }
 }
 
-const TOKEN_VM_EXIT: u32 = 1;
+const TOKEN_VM_STOP: u32 = 1;
 const TOKEN_SIGNAL: u32 = 2;
-/// Tokens from here up: the guest's own stop events, in order.
-const TOKEN_GUEST_EVENT: u32 = 3;
 
-/// Watches every way the VM can be asked to stop.
-pub struct ExitWatcher {
-    exit: Arc<VmExit>,
+/// Watches the ways the VM is asked to stop from outside the guest: SIGINT/SIGTERM, and the
+/// stop event that wakes the loop once a stop is requested (by a vCPU, a device or the API).
+pub struct StopWatcher {
+    stop: Arc<VmStop>,
     signal_evt: SignalEvent,
-    /// Eventfds a device writes when the guest ends the VM, each with the reason it records
-    /// (the i8042 reset line, the ACPI power-off register, pvpanic).
-    guest_events: Vec<(EventFd, ExitReason)>,
 }
 
-impl ExitWatcher {
-    pub fn new(
-        exit: Arc<VmExit>,
-        signal_evt: SignalEvent,
-        guest_events: Vec<(EventFd, ExitReason)>,
-    ) -> Self {
-        ExitWatcher {
-            exit,
-            signal_evt,
-            guest_events,
-        }
+impl StopWatcher {
+    pub fn new(stop: Arc<VmStop>, signal_evt: SignalEvent) -> Self {
+        StopWatcher { stop, signal_evt }
     }
 }
 
-impl MutEventSubscriber for ExitWatcher {
+impl MutEventSubscriber for StopWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        let mut fds: Vec<(&dyn AsRawFd, u32)> = vec![
-            (&self.exit.evt, TOKEN_VM_EXIT),
+        let fds: [(&dyn AsRawFd, u32); 2] = [
+            (&self.stop.evt, TOKEN_VM_STOP),
             (&self.signal_evt, TOKEN_SIGNAL),
         ];
-        for (token, (evt, _)) in (TOKEN_GUEST_EVENT..).zip(&self.guest_events) {
-            fds.push((evt, token));
-        }
         for (fd, token) in fds {
             if let Err(e) = ops.add(Events::with_data_raw(fd.as_raw_fd(), token, EventSet::IN)) {
                 // Without these the VM could never be stopped: stop it now.
-                self.exit.request(ExitReason::Error(format!(
+                self.stop.request(StopReason::Error(format!(
                     "cannot watch the VM's stop events: {e:?}"
                 )));
             }
@@ -117,26 +100,14 @@ impl MutEventSubscriber for ExitWatcher {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
-            TOKEN_VM_EXIT => {
-                let _ = self.exit.evt.read();
+            TOKEN_VM_STOP => {
+                let _ = self.stop.evt.read();
             }
             TOKEN_SIGNAL => {
                 let sig = self.signal_evt.take().unwrap_or(libc::SIGTERM);
-                self.exit.request(ExitReason::Signal(sig));
+                self.stop.request(StopReason::Signal(sig));
             }
-            token => {
-                let guest = token
-                    .checked_sub(TOKEN_GUEST_EVENT)
-                    .and_then(|i| self.guest_events.get(i as usize));
-                match guest {
-                    Some((evt, reason)) => {
-                        let _ = evt.read();
-                        crate::timeline::mark(&format!("guest stop: {reason}"));
-                        self.exit.request(reason.clone());
-                    }
-                    None => log::warn!("unexpected event token {token}"),
-                }
-            }
+            token => log::warn!("unexpected event token {token}"),
         }
     }
 }

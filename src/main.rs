@@ -1,4 +1,5 @@
-//! The `vmm` binary: parse the command line, run the VM, report how it ended.
+//! The `vmm` binary: parse the command line, build the VM (`Vmm::boot` or `Vmm::restore`),
+//! run it, and end with the exit code its end calls for.
 
 use std::error::Error as _;
 use std::path::PathBuf;
@@ -7,8 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::cli::Cli;
 use vmm::config::{DiskConfig, RestoreConfig, VmConfig};
-use vmm::runner;
 use vmm::timeline;
+use vmm::vmm::Vmm;
 
 /// The KVM device node; `VMM_KVM_PATH` overrides it (for tests and unusual hosts).
 const DEFAULT_KVM_PATH: &str = "/dev/kvm";
@@ -29,8 +30,8 @@ fn main() -> ExitCode {
     let kvm_path = std::env::var_os("VMM_KVM_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KVM_PATH));
-    let result = match (cli.restore, cli.kernel) {
-        (Some(dir), _) => runner::restore_vm(&RestoreConfig {
+    let vmm = match (cli.restore, cli.kernel) {
+        (Some(dir), _) => Vmm::restore(&RestoreConfig {
             dir,
             paused: cli.restore_paused,
             kvm_path,
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
                 id: None,
             });
             let disks = root.chain(cli.drives).collect();
-            runner::run_vm(&VmConfig {
+            Vmm::boot(&VmConfig {
                 nets: cli.nets,
                 root_disk: cli.rootfs.is_some(),
                 disks,
@@ -59,20 +60,21 @@ fn main() -> ExitCode {
                 exit_stats: cli.exit_stats,
                 seccomp: !cli.no_seccomp,
                 thp: !cli.no_thp,
+                rng: !cli.no_rng,
                 kvm_path,
             })
         }
         // clap requires one of the two.
         (None, None) => unreachable!("--kernel or --restore is required"),
     };
-    match result {
-        Ok((reason, guest_code)) => {
-            if reason.is_failure() {
-                eprintln!("error: {reason}");
+    match vmm.and_then(Vmm::run) {
+        Ok(outcome) => {
+            if outcome.reason.is_failure() {
+                eprintln!("error: {}", outcome.reason);
             } else {
-                log::info!("VM stopped: {reason}");
+                log::info!("VM stopped: {}", outcome.reason);
             }
-            ExitCode::from(reason.exit_code(guest_code))
+            ExitCode::from(outcome.exit_code())
         }
         Err(e) => {
             eprintln!("error: {e}");

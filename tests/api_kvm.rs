@@ -125,13 +125,17 @@ fn get_vm_describes_the_vm_and_the_socket_is_0600() {
     assert!(v["uptime_ms"].as_u64().is_some(), "{body}");
     assert_eq!(
         v["devices"],
-        serde_json::json!([{
-            "kind": "virtio-blk",
-            "name": "vda",
-            "path": disk.display().to_string(),
-            "read_only": true,
-            "id": "apidisk",
-        }])
+        serde_json::json!([
+            {
+                "kind": "virtio-blk",
+                "name": "vda",
+                "path": disk.display().to_string(),
+                "read_only": true,
+                "id": "apidisk",
+            },
+            // On by default, after the disks and network interfaces.
+            {"kind": "virtio-rng", "name": "virtio_rng.0"},
+        ])
     );
     assert!(v["exits"]["total"].as_u64().unwrap() > 0, "{body}");
     assert!(

@@ -98,6 +98,28 @@ fn sha256(path: &std::path::Path) -> String {
         .to_string()
 }
 
+/// A guest command that reports the kernel's current hardware RNG and reads 1 MiB from
+/// `/dev/hwrng` (busybox's `head`, which reads until it has them all), then shows the first
+/// bytes.
+const RNG_CHECK: &str =
+    "echo VMM-RNG-CURRENT \\$(cat /sys/devices/virtual/misc/hw_random/rng_current); \
+busybox head -c 1048576 /dev/hwrng > /tmp/rng; echo VMM-RNG-BYTES \\$(busybox wc -c < /tmp/rng); \
+echo VMM-RNG-HEAD \\$(busybox od -An -tx1 -N32 /tmp/rng)";
+
+/// The guest's `/dev/hwrng` is virtio-rng, and gave 1 MiB of bytes that look random.
+fn check_rng(out: &str) {
+    assert_eq!(line_value(out, "VMM-RNG-CURRENT "), "virtio_rng.0", "{out}");
+    assert_eq!(line_value(out, "VMM-RNG-BYTES "), "1048576", "{out}");
+    let head: std::collections::HashSet<&str> = line_value(out, "VMM-RNG-HEAD ")
+        .split_whitespace()
+        .collect();
+    assert!(
+        head.len() >= 16,
+        "32 bytes from /dev/hwrng with {} values: {out}",
+        head.len()
+    );
+}
+
 #[test]
 #[cfg_attr(
     all(no_kvm, no_testhost),
@@ -114,7 +136,7 @@ fn linux_bzimage_and_pvh_vmlinux_boot_to_init_with_all_cpus() {
         .default_guest()
         .script(&format!(
             r#"C="{JOB_CMDLINE}"
-./vmm --kernel bzImage --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cmdline "$C vmmcmd=\"exit 5\""
+./vmm --kernel bzImage --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cmdline "$C vmmcmd=\"{RNG_CHECK}; exit 5\""
 echo "VMM-EXIT bzimage $?"
 ./vmm --kernel vmlinux --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cpus 4 --cmdline "$C"
 echo "VMM-EXIT pvh $?"
@@ -128,6 +150,7 @@ echo "VMM-EXIT pvh $?"
     // The initramfs passes vmmcmd's exit status through the guest exit-code port.
     assert!(out.contains("VMM-CMD-EXIT 5"), "{out}");
     assert_eq!(code, 5, "{out}");
+    check_rng(out);
     let (out, code) = boot(&run, "pvh");
     assert!(out.contains("VMM-INIT-OK uptime="), "{out}");
     assert_eq!(line_value(out, "VMM-CPUS-ONLINE "), "0-3", "four CPUs");
@@ -462,9 +485,11 @@ fn early_boot_only(image: &str, cpus: u16) {
     assert!(!run.timed_out, "the VMM hung; stderr: {}", run.stderr);
     let out = run.stdout_str();
     assert!(out.contains("Linux version 6.1"), "{out}\n{}", run.stderr);
+    // The VMM appends the virtio-rng device (on by default, the only virtio device here).
+    let cmdline = format!("{CMDLINE} virtio_mmio.device=4K@0xd0000000:5");
     assert!(
-        out.contains(&format!("Command line: {CMDLINE}\r\n"))
-            || out.contains(&format!("Command line: {CMDLINE}\n")),
+        out.contains(&format!("Command line: {cmdline}\r\n"))
+            || out.contains(&format!("Command line: {cmdline}\n")),
         "exact command line in:\n{out}"
     );
     // The usable RAM in e820 is all of --memory but the EBDA and the legacy hole below 1 MiB.

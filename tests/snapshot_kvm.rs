@@ -252,10 +252,10 @@ fn corrupt_truncated_and_mismatched_snapshots_are_clear_errors() {
     }
     // Another format version is named.
     let mut other = state.clone();
-    other[8..12].copy_from_slice(&2u32.to_le_bytes());
+    other[8..12].copy_from_slice(&3u32.to_le_bytes());
     copy_snapshot(&good, &bad);
     std::fs::write(bad.join("state"), &other).unwrap();
-    assert_refused(&bad, "version 2", "format version 2");
+    assert_refused(&bad, "version 3", "format version 3");
     // The memory file: truncated, missing.
     copy_snapshot(&good, &bad);
     let memory = std::fs::OpenOptions::new()

@@ -5,7 +5,7 @@
 //! `arch/x86/kernel/reboot.c`, `BOOT_KBD`). Before each write it polls the status port until the
 //! input buffer is empty (`kb_wait`), so reading status as 0 lets it proceed at once.
 //! [`vm_superio::I8042Device`] models exactly that; [`I8042Device`] puts it on the [`crate::Bus`]
-//! with an eventfd as its reset line.
+//! with a [`StopTrigger`] as its reset line.
 //!
 //! The device keeps no state a guest can observe (every register reads as 0 and only the
 //! reset command has an effect), so a VM snapshot carries nothing for it.
@@ -13,24 +13,22 @@
 //! The VMM maps this device at the data port 0x60 with length [`I8042_PORT_LEN`]
 //! (0x60..=0x64), so offsets are relative to the data port.
 
-use vmm_sys_util::eventfd::EventFd;
-
-use crate::interrupt::EventFdTrigger;
+use crate::power::StopTrigger;
 
 /// Number of ports the device decodes from the data port 0x60 up to the command port 0x64.
 pub const I8042_PORT_LEN: u64 = 5;
 
-/// The i8042 on the bus: a guest's keyboard-controller reset writes 1 to the reset eventfd.
+/// The i8042 on the bus: a guest's keyboard-controller reset pulls the reset trigger.
 #[derive(Debug)]
 pub struct I8042Device {
-    inner: vm_superio::I8042Device<EventFdTrigger>,
+    inner: vm_superio::I8042Device<StopTrigger>,
 }
 
 impl I8042Device {
-    /// Creates the device; a guest reset request writes 1 to `reset_evt`.
-    pub fn new(reset_evt: EventFd) -> Self {
+    /// Creates the device; a guest reset request pulls `reset`.
+    pub fn new(reset: StopTrigger) -> Self {
         Self {
-            inner: vm_superio::I8042Device::new(EventFdTrigger::new(reset_evt)),
+            inner: vm_superio::I8042Device::new(reset),
         }
     }
 }
@@ -47,9 +45,8 @@ impl crate::BusDevice for I8042Device {
         // Only single-byte writes are commands; vm-superio acts on 0xFE at the command port.
         match (u8::try_from(offset), data) {
             (Ok(offset), &[value]) => {
-                if let Err(e) = self.inner.write(offset, value) {
-                    log::error!("i8042: cannot signal the reset event: {e}");
-                }
+                // The trigger cannot fail.
+                let _ = self.inner.write(offset, value);
             }
             _ => log::debug!(
                 "i8042: ignoring write of {data:02x?} at {:#x}",
@@ -62,30 +59,29 @@ impl crate::BusDevice for I8042Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::power::tests::{signalled, trigger};
     use crate::BusDevice;
-    use std::io;
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
 
     const BASE: u64 = 0x60;
     const DATA_OFFSET: u64 = 0;
     const COMMAND_OFFSET: u64 = 4;
 
-    fn device() -> (I8042Device, EventFd) {
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        let dev = I8042Device::new(evt.try_clone().unwrap());
-        (dev, evt)
+    fn device() -> (I8042Device, Arc<AtomicUsize>) {
+        let (reset, count) = trigger();
+        (I8042Device::new(reset), count)
     }
 
-    fn assert_not_signalled(evt: &EventFd) {
-        let err = evt.read().unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    fn assert_not_signalled(count: &AtomicUsize) {
+        assert!(!signalled(count));
     }
 
     #[test]
     fn reset_command_signals_the_event() {
         let (mut dev, evt) = device();
         dev.write(BASE, COMMAND_OFFSET, &[0xfe]);
-        assert_eq!(evt.read().unwrap(), 1);
+        assert!(signalled(&evt));
     }
 
     #[test]

@@ -9,12 +9,43 @@
 //! - [`GuestExitCode`]: a port where a guest writes one byte, the exit code the VMM ends with
 //!   once the guest powers off or resets (for CI runs: a test's status out of the guest).
 //!
-//! Each signals the VMM through an eventfd, like the i8042's reset line.
+//! Each asks the VMM to stop the VM through a [`StopTrigger`], like the i8042's reset line.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
-use vmm_sys_util::eventfd::EventFd;
+/// How a device asks the VMM to stop the VM (reset, power-off, panic). It is called on the vCPU
+/// thread whose port write made the request, so the VMM records the request before that vCPU
+/// runs another guest instruction: what the guest does after asking to stop cannot change how
+/// the VM ended.
+pub struct StopTrigger(Box<dyn Fn() + Send + Sync>);
+
+impl StopTrigger {
+    /// A trigger that calls `request`.
+    pub fn new(request: impl Fn() + Send + Sync + 'static) -> Self {
+        StopTrigger(Box::new(request))
+    }
+
+    /// Asks the VMM to stop the VM.
+    pub fn request(&self) {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for StopTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StopTrigger")
+    }
+}
+
+impl vm_superio::Trigger for StopTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.request();
+        Ok(())
+    }
+}
 
 /// Sleep control register bit 5, `SLP_EN`: enter the sleep state in `SLP_TYP` (ACPI 6.5
 /// §4.8.3.7, Table 4.19).
@@ -28,13 +59,13 @@ pub const S5_SLP_TYP: u8 = 5;
 /// The ACPI sleep control/status register: a write of `SLP_EN | S5 << 2` powers the VM off.
 #[derive(Debug)]
 pub struct AcpiSleep {
-    poweroff_evt: EventFd,
+    poweroff: StopTrigger,
 }
 
 impl AcpiSleep {
-    /// Creates the register; a guest power-off writes 1 to `poweroff_evt`.
-    pub fn new(poweroff_evt: EventFd) -> Self {
-        Self { poweroff_evt }
+    /// Creates the register; a guest power-off pulls `poweroff`.
+    pub fn new(poweroff: StopTrigger) -> Self {
+        Self { poweroff }
     }
 }
 
@@ -55,9 +86,7 @@ impl crate::BusDevice for AcpiSleep {
         }
         if slp_typ == S5_SLP_TYP {
             log::info!("the guest powered off (ACPI S5)");
-            if let Err(e) = self.poweroff_evt.write(1) {
-                log::error!("acpi: cannot signal the power-off event: {e}");
-            }
+            self.poweroff.request();
         } else {
             log::debug!("acpi: ignoring sleep state SLP_TYP {slp_typ}: only S5 is offered");
         }
@@ -69,16 +98,16 @@ pub const PVPANIC_PANICKED: u8 = 1 << 0;
 /// pvpanic event bit 1: a crash kernel was loaded (kdump takes over; the guest goes on).
 pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
 
-/// QEMU's pvpanic ISA device: a guest panic writes 1 to `panic_evt`.
+/// QEMU's pvpanic ISA device: a guest panic pulls `panic`.
 #[derive(Debug)]
 pub struct PvPanic {
-    panic_evt: EventFd,
+    panic: StopTrigger,
 }
 
 impl PvPanic {
-    /// Creates the device; a guest panic writes 1 to `panic_evt`.
-    pub fn new(panic_evt: EventFd) -> Self {
-        Self { panic_evt }
+    /// Creates the device; a guest panic pulls `panic`.
+    pub fn new(panic: StopTrigger) -> Self {
+        Self { panic }
     }
 }
 
@@ -97,9 +126,7 @@ impl crate::BusDevice for PvPanic {
         };
         if events & PVPANIC_PANICKED != 0 {
             log::info!("pvpanic: the guest kernel panicked");
-            if let Err(e) = self.panic_evt.write(1) {
-                log::error!("pvpanic: cannot signal the panic event: {e}");
-            }
+            self.panic.request();
         } else if events & PVPANIC_CRASH_LOADED != 0 {
             log::info!("pvpanic: the guest loaded its crash kernel");
         }
@@ -148,31 +175,29 @@ impl crate::BusDevice for GuestExitCode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::BusDevice;
-    use std::io;
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+    use std::sync::atomic::AtomicUsize;
 
-    fn evt() -> (EventFd, EventFd) {
-        let e = EventFd::new(EFD_NONBLOCK).unwrap();
-        let clone = e.try_clone().unwrap();
-        (e, clone)
+    /// A trigger and the count of its pulls.
+    pub(crate) fn trigger() -> (StopTrigger, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let trigger = StopTrigger::new(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        (trigger, count)
     }
 
-    fn signalled(evt: &EventFd) -> bool {
-        match evt.read() {
-            Ok(n) => n > 0,
-            Err(e) => {
-                assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-                false
-            }
-        }
+    /// Whether `count` was pulled since the last call.
+    pub(crate) fn signalled(count: &AtomicUsize) -> bool {
+        count.swap(0, Ordering::SeqCst) > 0
     }
 
     #[test]
     fn s5_with_slp_en_powers_off_and_nothing_else_does() {
-        let (e, seen) = evt();
+        let (e, seen) = trigger();
         let mut dev = AcpiSleep::new(e);
         for value in [
             S5_SLP_TYP << SLP_TYP_SHIFT,                   // S5 without SLP_EN
@@ -194,7 +219,7 @@ mod tests {
 
     #[test]
     fn pvpanic_reports_its_events_and_signals_a_panic() {
-        let (e, seen) = evt();
+        let (e, seen) = trigger();
         let mut dev = PvPanic::new(e);
         let mut caps = [0u8; 1];
         dev.read(0x505, 0, &mut caps);

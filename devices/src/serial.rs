@@ -405,5 +405,18 @@ impl crate::BusDevice for SerialDevice {
     }
 }
 
+impl crate::Persist for SerialDevice {
+    type State = SerialState;
+    type Error = SerialStateError;
+
+    fn save(&self) -> Result<SerialState, SerialStateError> {
+        Ok(self.state())
+    }
+
+    fn restore(&mut self, state: &SerialState) -> Result<(), SerialStateError> {
+        SerialDevice::restore(self, state)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -24,13 +24,14 @@ pub mod socket;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
-pub use routes::{Context, DeviceInfo};
+pub use routes::{DeviceInfo, Lifecycle, VmStatus};
 pub use socket::{SocketError, SocketFile};
 
 use http::{Parsed, Response};
@@ -133,7 +134,7 @@ impl Connection {
     }
 
     /// Answers every complete request in the input, in order.
-    fn handle_requests(&mut self, ctx: &Context) {
+    fn handle_requests(&mut self, vm: &dyn Lifecycle) {
         while self.closing == Closing::No && self.output.len() < MAX_PENDING_OUTPUT {
             match http::parse(&self.input) {
                 Ok(Parsed::Incomplete { expects_continue }) => {
@@ -146,7 +147,7 @@ impl Connection {
                 Ok(Parsed::Complete { request, len }) => {
                     self.input.drain(..len);
                     self.continue_sent = false;
-                    let mut response = routes::handle(ctx, &request);
+                    let mut response = routes::handle(vm, &request);
                     response.close |= !request.keep_alive;
                     if response.close {
                         self.closing = Closing::AfterOutput;
@@ -216,18 +217,18 @@ pub struct ApiServer {
     accept_retry: TimerFd,
     listening: bool,
     connections: Vec<Option<Connection>>,
-    ctx: Context,
+    vm: Arc<dyn Lifecycle>,
 }
 
 impl ApiServer {
-    /// Serves `ctx` on `listener` (bound by [`socket::bind`], non-blocking).
-    pub fn new(listener: UnixListener, ctx: Context) -> io::Result<Self> {
+    /// Serves `vm` on `listener` (bound by [`socket::bind`], non-blocking).
+    pub fn new(listener: UnixListener, vm: Arc<dyn Lifecycle>) -> io::Result<Self> {
         Ok(ApiServer {
             listener,
             accept_retry: TimerFd::new().map_err(io::Error::from)?,
             listening: false,
             connections: (0..MAX_CONNECTIONS).map(|_| None).collect(),
-            ctx,
+            vm,
         })
     }
 
@@ -319,7 +320,7 @@ impl ApiServer {
             ok = conn.read_input();
         }
         if ok {
-            conn.handle_requests(&self.ctx);
+            conn.handle_requests(self.vm.as_ref());
             ok = conn.flush();
         }
         // A hang-up: the client is gone both ways, nothing more can reach it.
@@ -372,5 +373,7 @@ impl MutEventSubscriber for ApiServer {
     }
 }
 
+#[cfg(test)]
+mod stand_in;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! The API's endpoints:
+//! The API's endpoints, one table ([`ROUTES`]) from which both dispatch and the 404 text come:
 //!
 //! | request | answer |
 //! |---|---|
@@ -10,17 +10,17 @@
 //! | `PUT /vm/snapshot` `{"path": DIR}` | 200 once the paused VM is written to DIR ([`crate::snapshot`]); 400 if running |
 //!
 //! The other PUTs take no arguments: an empty body or `{}`. A known path with another method
-//! is 405 with `Allow`, anything else 404.
+//! is 405 with `Allow`, anything else 404. The endpoints work on a [`Lifecycle`]: the running
+//! [`crate::vmm::Vmm`].
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::http::{Request, Response};
-use crate::exit::{ExitReason, VmExit};
-use crate::exit_stats::{ExitStats, ExitSummary};
-use crate::vcpus::{self, ControlError, VcpuControl, PAUSE_TIMEOUT};
+use crate::exit_stats::{ExitSnapshot, ExitSummary};
+use crate::snapshot::{SaveError, Saved};
+use crate::vcpu::control::ControlError;
 
 /// A device as `GET /vm` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,30 +42,35 @@ pub enum DeviceInfo {
         tap: String,
         mac: String,
     },
+    #[serde(rename = "virtio-rng")]
+    Rng {
+        /// What the guest calls it (`/sys/class/misc/hw_random`'s `rng_current`).
+        name: String,
+    },
 }
 
-/// What the endpoints work on.
-pub struct Context {
-    pub exit: Arc<VmExit>,
-    pub control: Arc<VcpuControl>,
-    pub stats: Arc<ExitStats>,
+/// What `GET /vm` answers.
+#[derive(Debug, Serialize)]
+pub struct VmStatus {
+    /// "running" or "paused".
+    pub state: &'static str,
+    pub uptime_ms: u64,
     pub vcpus: u8,
     pub memory_mib: u64,
     pub devices: Vec<DeviceInfo>,
-    /// When the vCPUs started.
-    pub started: Instant,
-    /// What `PUT /vm/snapshot` saves (None: snapshots are not available, as in unit tests).
-    pub snapshot: Option<crate::snapshot::Source>,
+    pub exits: ExitSummary,
 }
 
-#[derive(Serialize)]
-struct VmStatus<'a> {
-    state: &'static str,
-    uptime_ms: u64,
-    vcpus: u8,
-    memory_mib: u64,
-    devices: &'a [DeviceInfo],
-    exits: ExitSummary,
+/// What the endpoints ask of the VM: its lifecycle. [`crate::vmm::Vmm`] implements it; the
+/// tests use a stand-in without KVM.
+pub trait Lifecycle: Send + Sync {
+    fn status(&self) -> VmStatus;
+    fn exits(&self) -> ExitSnapshot;
+    fn pause(&self) -> Result<(), ControlError>;
+    fn resume(&self) -> Result<(), ControlError>;
+    /// Asks the VM to stop; the VMM then ends with exit code 0.
+    fn stop(&self);
+    fn snapshot(&self, dir: &Path) -> Result<Saved, SaveError>;
 }
 
 /// The body of the PUTs: nothing, or an empty object.
@@ -81,66 +86,102 @@ struct SnapshotArguments {
     path: std::path::PathBuf,
 }
 
-/// Each path and the one method it takes.
-const ENDPOINTS: [(&str, &str); 6] = [
-    ("/vm", "GET"),
-    ("/vm/exits", "GET"),
-    ("/vm/pause", "PUT"),
-    ("/vm/resume", "PUT"),
-    ("/vm/stop", "PUT"),
-    ("/vm/snapshot", "PUT"),
+/// An endpoint: its path, the one method it takes, and its handler (given the VM and the
+/// request's body).
+pub struct Route {
+    pub path: &'static str,
+    pub method: &'static str,
+    handler: fn(&dyn Lifecycle, &[u8]) -> Response,
+}
+
+/// Every endpoint.
+pub const ROUTES: [Route; 6] = [
+    Route {
+        path: "/vm",
+        method: "GET",
+        handler: get_vm,
+    },
+    Route {
+        path: "/vm/exits",
+        method: "GET",
+        handler: get_exits,
+    },
+    Route {
+        path: "/vm/pause",
+        method: "PUT",
+        handler: put_pause,
+    },
+    Route {
+        path: "/vm/resume",
+        method: "PUT",
+        handler: put_resume,
+    },
+    Route {
+        path: "/vm/stop",
+        method: "PUT",
+        handler: put_stop,
+    },
+    Route {
+        path: "/vm/snapshot",
+        method: "PUT",
+        handler: put_snapshot,
+    },
 ];
 
 /// Answers one request.
-pub fn handle(ctx: &Context, req: &Request) -> Response {
-    let Some(&(path, method)) = ENDPOINTS.iter().find(|(path, _)| *path == req.path) else {
+pub fn handle(vm: &dyn Lifecycle, req: &Request) -> Response {
+    let Some(route) = ROUTES.iter().find(|route| route.path == req.path) else {
+        let endpoints: Vec<String> = ROUTES
+            .iter()
+            .map(|route| format!("{} {}", route.method, route.path))
+            .collect();
         return Response::error(
             404,
             format!(
-                "no endpoint {}: the endpoints are GET /vm, GET /vm/exits, PUT /vm/pause, \
-                 PUT /vm/resume, PUT /vm/stop and PUT /vm/snapshot",
-                req.path
+                "no endpoint {}: the endpoints are {}",
+                req.path,
+                endpoints.join(", ")
             ),
         );
     };
-    if req.method != method {
-        let mut response =
-            Response::error(405, format!("{path} takes {method}, not {}", req.method));
-        response.allow = Some(method);
+    if req.method != route.method {
+        let mut response = Response::error(
+            405,
+            format!("{} takes {}, not {}", route.path, route.method, req.method),
+        );
+        response.allow = Some(route.method);
         return response;
     }
-    if path == "/vm/snapshot" {
-        return snapshot(ctx, &req.body);
-    }
-    if method == "PUT" {
-        if let Err(e) = no_arguments(&req.body) {
-            return Response::error(400, e);
-        }
-    }
-    match path {
-        "/vm" => vm_status(ctx),
-        "/vm/exits" => json(&ctx.stats.snapshot()),
-        "/vm/pause" => control(ctx.control.pause(PAUSE_TIMEOUT, vcpus::kick)),
-        "/vm/resume" => control(ctx.control.resume()),
-        _ => {
-            ctx.exit.request(ExitReason::ApiStop);
-            let mut response = Response::no_content();
-            response.close = true;
-            response
-        }
-    }
+    (route.handler)(vm, &req.body)
 }
 
-fn no_arguments(body: &[u8]) -> Result<(), String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    serde_json::from_slice::<NoArguments>(body)
-        .map(|_| ())
-        .map_err(|e| format!("this endpoint takes no arguments: send no body or {{}} ({e})"))
+fn get_vm(vm: &dyn Lifecycle, _body: &[u8]) -> Response {
+    json(&vm.status())
 }
 
-fn snapshot(ctx: &Context, body: &[u8]) -> Response {
+fn get_exits(vm: &dyn Lifecycle, _body: &[u8]) -> Response {
+    json(&vm.exits())
+}
+
+fn put_pause(vm: &dyn Lifecycle, body: &[u8]) -> Response {
+    no_arguments(body).map_or_else(|e| e, |()| control(vm.pause()))
+}
+
+fn put_resume(vm: &dyn Lifecycle, body: &[u8]) -> Response {
+    no_arguments(body).map_or_else(|e| e, |()| control(vm.resume()))
+}
+
+fn put_stop(vm: &dyn Lifecycle, body: &[u8]) -> Response {
+    if let Err(response) = no_arguments(body) {
+        return response;
+    }
+    vm.stop();
+    let mut response = Response::no_content();
+    response.close = true;
+    response
+}
+
+fn put_snapshot(vm: &dyn Lifecycle, body: &[u8]) -> Response {
     let args: SnapshotArguments = match serde_json::from_slice(body) {
         Ok(args) => args,
         Err(e) => {
@@ -150,10 +191,7 @@ fn snapshot(ctx: &Context, body: &[u8]) -> Response {
             )
         }
     };
-    let Some(source) = &ctx.snapshot else {
-        return Response::error(500, "this VM cannot be snapshotted");
-    };
-    match crate::snapshot::save(source, &args.path) {
+    match vm.snapshot(&args.path) {
         Ok(saved) => {
             log::info!(
                 "snapshot written to {} in {:.1} ms",
@@ -162,13 +200,24 @@ fn snapshot(ctx: &Context, body: &[u8]) -> Response {
             );
             json(&saved)
         }
-        Err(
-            e @ (crate::snapshot::SaveError::Running
-            | crate::snapshot::SaveError::NotEmpty(_)
-            | crate::snapshot::SaveError::Io { .. }),
-        ) => Response::error(400, e),
+        Err(e) if e.is_user_error() => Response::error(400, e),
         Err(e) => Response::error(500, e),
     }
+}
+
+/// Accepts an empty body or `{}`; anything else is answered 400.
+fn no_arguments(body: &[u8]) -> Result<(), Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    serde_json::from_slice::<NoArguments>(body)
+        .map(|_| ())
+        .map_err(|e| {
+            Response::error(
+                400,
+                format!("this endpoint takes no arguments: send no body or {{}} ({e})"),
+            )
+        })
 }
 
 fn control(result: Result<(), ControlError>) -> Response {
@@ -186,48 +235,26 @@ fn json(value: &impl Serialize) -> Response {
     }
 }
 
-fn vm_status(ctx: &Context) -> Response {
-    json(&VmStatus {
-        state: if ctx.control.is_paused() {
-            "paused"
-        } else {
-            "running"
-        },
-        uptime_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        vcpus: ctx.vcpus,
-        memory_mib: ctx.memory_mib,
-        devices: &ctx.devices,
-        exits: ctx.stats.snapshot().summary(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::stand_in::StandIn;
+    use crate::stop::StopReason;
 
-    fn context() -> Context {
-        Context {
-            exit: Arc::new(VmExit::new().unwrap()),
-            control: Arc::new(VcpuControl::default()),
-            stats: Arc::new(ExitStats::new(2, &["serial".to_string()], &[])),
-            vcpus: 2,
-            memory_mib: 64,
-            devices: vec![
-                DeviceInfo::Block {
-                    name: "vda".into(),
-                    path: "/tmp/disk.img".into(),
-                    read_only: true,
-                    id: None,
-                },
-                DeviceInfo::Net {
-                    name: "eth0".into(),
-                    tap: "tap0".into(),
-                    mac: "52:54:00:12:34:56".into(),
-                },
-            ],
-            started: Instant::now(),
-            snapshot: None,
-        }
+    fn context() -> StandIn {
+        StandIn::new(vec![
+            DeviceInfo::Block {
+                name: "vda".into(),
+                path: "/tmp/disk.img".into(),
+                read_only: true,
+                id: None,
+            },
+            DeviceInfo::Net {
+                name: "eth0".into(),
+                tap: "tap0".into(),
+                mac: "52:54:00:12:34:56".into(),
+            },
+        ])
     }
 
     fn request(method: &str, path: &str, body: &str) -> Request {
@@ -292,7 +319,7 @@ mod tests {
             let r = handle(&ctx, &request(method, path, ""));
             assert_eq!((r.status, r.allow), (405, Some(allow)), "{method} {path}");
         }
-        assert!(!ctx.exit.stopping(), "a wrong method does nothing");
+        assert!(!ctx.stop.stopping(), "a wrong method does nothing");
     }
 
     #[test]
@@ -318,7 +345,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(!ctx.exit.stopping(), "a bad body stops nothing");
+        assert!(!ctx.stop.stopping(), "a bad body stops nothing");
     }
 
     #[test]
@@ -347,6 +374,6 @@ mod tests {
         let ctx = context();
         let r = handle(&ctx, &request("PUT", "/vm/stop", ""));
         assert_eq!((r.status, r.close), (204, true));
-        assert_eq!(ctx.exit.reason(), Some(ExitReason::ApiStop));
+        assert_eq!(ctx.stop.reason(), Some(StopReason::ApiStop));
     }
 }

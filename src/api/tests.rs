@@ -9,15 +9,13 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 
+use super::stand_in::StandIn;
 use super::*;
-use crate::exit::VmExit;
-use crate::exit_stats::ExitStats;
-use crate::vcpus::VcpuControl;
 
 /// A server on its own event loop thread, stopped on drop.
 struct Harness {
     path: PathBuf,
-    exit: Arc<VmExit>,
+    vm: Arc<StandIn>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     _file: SocketFile,
@@ -36,18 +34,8 @@ fn serve(name: &str) -> Harness {
     let path = std::env::temp_dir().join(format!("vmm-api-unit-{}-{name}", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let (listener, file) = socket::bind(&path).unwrap();
-    let exit = Arc::new(VmExit::new().unwrap());
-    let ctx = Context {
-        exit: exit.clone(),
-        control: Arc::new(VcpuControl::default()),
-        stats: Arc::new(ExitStats::new(1, &[], &[])),
-        vcpus: 1,
-        memory_mib: 32,
-        devices: vec![],
-        started: Instant::now(),
-        snapshot: None,
-    };
-    let server = ApiServer::new(listener, ctx).unwrap();
+    let vm = Arc::new(StandIn::new(vec![]));
+    let server = ApiServer::new(listener, vm.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::spawn(move || {
@@ -59,7 +47,7 @@ fn serve(name: &str) -> Harness {
     });
     Harness {
         path,
-        exit,
+        vm,
         stop,
         thread: Some(thread),
         _file: file,
@@ -158,7 +146,7 @@ fn a_body_over_64_kib_is_refused_and_the_client_reads_the_answer() {
     assert!(head.contains("Connection: close"));
     assert!(body.contains("64 KiB"), "{body}");
     assert_eof(&mut s);
-    assert!(!h.exit.stopping());
+    assert!(!h.vm.stop.stopping());
 }
 
 #[test]
@@ -273,5 +261,5 @@ fn stop_answers_then_requests_the_exit() {
     s.write_all(b"PUT /vm/stop HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut s).0, 204);
     assert_eof(&mut s);
-    assert_eq!(h.exit.reason(), Some(crate::exit::ExitReason::ApiStop));
+    assert_eq!(h.vm.stop.reason(), Some(crate::stop::StopReason::ApiStop));
 }

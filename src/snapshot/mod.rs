@@ -2,10 +2,10 @@
 //! VMM process that starts from it (`vmm --restore DIR`) where the guest was paused.
 //!
 //! A snapshot directory holds two files:
-//! - [`STATE_FILE`]: everything but guest memory ([`state::VmState`]: the configuration, every
-//!   vCPU, the VM's interrupt controllers, PIT and clock, the serial port, each virtio
-//!   device's transport registers and queues), framed by [`format`] (magic, format version,
-//!   length, CRC-32);
+//! - [`STATE_FILE`]: everything but guest memory ([`state::SnapshotState`]: the configuration,
+//!   every vCPU, the VM's interrupt controllers, PIT and clock, the serial port, each virtio
+//!   device's transport registers and queues, each saved by its owner through
+//!   [`devices::Persist`]), framed by [`format`] (magic, format version, length, CRC-32);
 //! - [`MEMORY_FILE`]: guest RAM as a sparse file ([`memory`]), mapped `MAP_PRIVATE` on restore,
 //!   so a restore copies no memory and VMs restored from one snapshot share its page cache.
 //!
@@ -17,20 +17,13 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU16;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use devices::serial::SerialDevice;
-use devices::virtio::mmio::MmioTransport;
-use kvm_ioctls::Cap;
 use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
-use crate::vcpus::{ParkedTask, VcpuControl};
-use crate::vm::Vm;
 use format::FormatError;
-use state::{SavedConfig, VcpuState, VmState};
+use state::SnapshotState;
 
 pub mod format;
 pub mod memory;
@@ -40,11 +33,6 @@ pub mod state;
 pub const STATE_FILE: &str = "state";
 /// The memory file's name in a snapshot directory.
 pub const MEMORY_FILE: &str = "memory";
-/// How long the parked vCPU threads have to read their state.
-const VCPU_SAVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest XSAVE area a snapshot carries: `struct kvm_xsave`, what `KVM_GET_XSAVE` fills
-/// (`KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` says how large this host's is).
-pub const XSAVE_LEN: i32 = 4096;
 
 /// Why a snapshot was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +47,25 @@ pub enum SaveError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot read the VM's state: {0}")]
-    State(String),
+    #[error("cannot read the vCPUs' state")]
+    Vcpus(#[source] crate::vcpus::SaveError),
+    #[error("cannot read the VM's interrupt controllers, PIT and clock")]
+    Vm(#[source] crate::vm::Error),
+    #[error("this host's XSAVE area is larger than 4 KiB (AMX), which snapshots do not carry yet")]
+    XsaveTooLarge,
     #[error(transparent)]
     Format(#[from] FormatError),
+}
+
+impl SaveError {
+    /// Whether the request was at fault (the VM running, a directory that cannot be used),
+    /// rather than the VMM.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            SaveError::Running | SaveError::NotEmpty(_) | SaveError::Io { .. }
+        )
+    }
 }
 
 /// Why a snapshot cannot be restored. Each is a usage error (exit code 2): the directory the
@@ -82,18 +85,6 @@ pub enum LoadError {
     Inconsistent { path: PathBuf, what: String },
 }
 
-/// What a snapshot is taken from: the running VM's parts, handed to the API.
-pub struct Source {
-    pub vm: Arc<Vm>,
-    pub mem: GuestMemoryMmap,
-    pub control: Arc<VcpuControl>,
-    pub config: SavedConfig,
-    pub serial: Arc<Mutex<SerialDevice>>,
-    /// Every virtio device's transport, in slot order.
-    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
-    pub guest_code: Arc<AtomicU16>,
-}
-
 /// What [`save`] wrote, for the API's answer.
 #[derive(Debug, Serialize)]
 pub struct Saved {
@@ -103,10 +94,6 @@ pub struct Saved {
     pub memory_bytes: u64,
     pub memory_data_bytes: u64,
     pub took_ms: f64,
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Makes `dir` a new, empty directory (or checks an existing one is empty).
@@ -130,78 +117,16 @@ fn prepare_dir(dir: &Path) -> Result<(), SaveError> {
     }
 }
 
-/// Reads every vCPU's state on its own (parked) thread; also says when vCPU 0's was read.
-fn save_vcpus(src: &Source) -> Result<(Vec<VcpuState>, Instant), SaveError> {
-    let msr_indices = src
-        .vm
-        .kvm
-        .get_msr_index_list()
-        .map_err(|e| SaveError::State(format!("KVM_GET_MSR_INDEX_LIST failed: {e}")))?
-        .as_slice()
-        .to_vec();
-    let cpus = usize::from(src.config.cpus);
-    // One slot per vCPU, filled by its thread.
-    type Results = Mutex<Vec<Option<Result<(VcpuState, Instant), String>>>>;
-    let results: Arc<Results> = Arc::new(Mutex::new((0..cpus).map(|_| None).collect()));
-    let task: ParkedTask = {
-        let results = results.clone();
-        Arc::new(move |vcpu| {
-            let result = state::save_vcpu(&vcpu.fd, &vcpu.cpuid, &msr_indices)
-                .map(|state| (state, Instant::now()))
-                .map_err(|e| e.to_string());
-            if let Some(slot) = lock(&results).get_mut(usize::from(vcpu.index)) {
-                *slot = Some(result);
-            }
-        })
-    };
-    src.control
-        .run_on_parked(task, VCPU_SAVE_TIMEOUT)
-        .map_err(|e| match e {
-            crate::vcpus::ControlError::NotPaused => SaveError::Running,
-            e => SaveError::State(e.to_string()),
-        })?;
-    let mut results = lock(&results);
-    let mut first_read = None;
-    let states = results
-        .iter_mut()
-        .enumerate()
-        .map(|(i, r)| match r.take() {
-            Some(Ok((state, at))) => {
-                first_read.get_or_insert(at);
-                Ok(state)
-            }
-            Some(Err(e)) => Err(SaveError::State(format!("vCPU {i}: {e}"))),
-            None => Err(SaveError::State(format!("vCPU {i} did not answer"))),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((states, first_read.unwrap_or_else(Instant::now)))
-}
-
-/// Writes a snapshot of the paused VM `src` into `dir` (created if missing; it must be
-/// empty).
-pub fn save(src: &Source, dir: &Path) -> Result<Saved, SaveError> {
-    let started = std::time::Instant::now();
-    if !src.control.is_paused() {
-        return Err(SaveError::Running);
-    }
-    if src.vm.kvm.check_extension_int(Cap::Xsave2) > XSAVE_LEN {
-        return Err(SaveError::State(state::XSAVE_TOO_LARGE.into()));
-    }
+/// Makes `dir` (new, or empty) a snapshot of `state` and `mem`, taken with the VM paused since
+/// `started`.
+pub fn save(
+    dir: &Path,
+    state: &SnapshotState,
+    mem: &GuestMemoryMmap,
+    started: Instant,
+) -> Result<Saved, SaveError> {
     prepare_dir(dir)?;
-    let (vcpus, tsc_read_at) = save_vcpus(src)?;
-    let vm =
-        state::save_vm(&src.vm.fd, tsc_read_at).map_err(|e| SaveError::State(e.to_string()))?;
-    let serial = lock(&src.serial).state();
-    let virtio = src.transports.iter().map(|t| lock(t).state()).collect();
-    let state = VmState {
-        config: src.config.clone(),
-        vm,
-        vcpus,
-        serial,
-        virtio,
-        guest_exit_code: devices::power::GuestExitCode::read(&src.guest_code),
-    };
-    let bytes = format::encode(&state)?;
+    let bytes = format::encode(state)?;
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SaveError::Io { path, source }
@@ -209,7 +134,7 @@ pub fn save(src: &Source, dir: &Path) -> Result<Saved, SaveError> {
     // The memory file first: a directory with a state file holds a whole snapshot.
     let memory_path = dir.join(MEMORY_FILE);
     let memory = File::create_new(&memory_path)
-        .and_then(|file| memory::save(&src.mem, &file))
+        .and_then(|file| memory::save(mem, &file))
         .map_err(io_err(&memory_path))?;
     let state_path = dir.join(STATE_FILE);
     File::create_new(&state_path)
@@ -229,7 +154,7 @@ pub fn save(src: &Source, dir: &Path) -> Result<Saved, SaveError> {
 
 /// A snapshot read back, checked, ready to be restored.
 pub struct Snapshot {
-    pub state: VmState,
+    pub state: SnapshotState,
     /// The open memory file, its length checked against the configuration.
     pub memory: File,
 }
@@ -254,7 +179,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, LoadError> {
     let mut bytes = Vec::with_capacity(len as usize);
     io::Read::read_to_end(&mut io::Read::take(&file, limit), &mut bytes)
         .map_err(read_err(&state_path))?;
-    let state: VmState = format::decode(&bytes).map_err(|reason| LoadError::Format {
+    let state: SnapshotState = format::decode(&bytes).map_err(|reason| LoadError::Format {
         path: state_path.clone(),
         reason,
     })?;
@@ -270,7 +195,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, LoadError> {
             state.vcpus.len()
         )));
     }
-    let devices = config.disks.len() + config.nets.len();
+    let devices = config.disks.len() + config.nets.len() + usize::from(config.rng);
     if state.virtio.len() != devices {
         return Err(inconsistent(format!(
             "{devices} virtio devices configured, {} saved",

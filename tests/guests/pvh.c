@@ -154,6 +154,18 @@ static void test_int3(void)
     halt_forever();
 }
 
+/* Asks for a reset, then runs into an instruction a PVM host cannot emulate (int3 with an
+ * empty IDT; a triple fault elsewhere): the VM's end must be the reset, whatever the vCPU
+ * would do after it asked. */
+static void test_resetint3(void)
+{
+    print("resetint3: resetting\n");
+    load_zero_idt();
+    outb(0x64, 0xfe); /* i8042: pulse the CPU reset line */
+    __asm__ volatile("int3");
+    halt_forever();
+}
+
 static void test_spin(void)
 {
     print("spin: ready\n");
@@ -288,6 +300,8 @@ void main(struct hvm_start_info *si)
         test_triple();
     if (str_eq(test, "int3"))
         test_int3();
+    if (str_eq(test, "resetint3"))
+        test_resetint3();
     if (str_eq(test, "spin"))
         test_spin();
     if (str_eq(test, "halt"))

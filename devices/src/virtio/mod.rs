@@ -8,6 +8,7 @@
 //! - [`block::Block`]: the block device (virtio 1.2 §5.2) on a host file.
 //! - [`net::Net`]: the network device (virtio 1.2 §5.1) on a [`net::NetBackend`], normally a
 //!   [`net::Tap`].
+//! - [`rng::Rng`]: the entropy device (virtio 1.2 §5.4) on the host's `getrandom(2)`.
 //! - [`QueueHandler`]: runs a device's queues and backend on the VMM's event loop.
 //!
 //! Interrupts leave a device through the small [`VirtioInterrupt`] trait. The VMM gives the
@@ -44,6 +45,7 @@ pub mod handler;
 pub mod mmio;
 pub mod net;
 mod queue;
+pub mod rng;
 #[cfg(test)]
 mod test_utils;
 
@@ -58,6 +60,7 @@ pub use block::Block;
 pub use handler::QueueHandler;
 pub use mmio::MmioTransport;
 pub use net::{Net, NetBackend, Tap};
+pub use rng::Rng;
 pub use virtio_queue::{Queue, QueueState};
 
 /// `VIRTIO_F_VERSION_1` (virtio 1.2 §6): the device follows virtio 1.x, not the legacy interface.

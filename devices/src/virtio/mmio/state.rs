@@ -323,3 +323,16 @@ impl MmioTransport {
         Ok(())
     }
 }
+
+impl crate::Persist for MmioTransport {
+    type State = MmioState;
+    type Error = MmioRestoreError;
+
+    fn save(&self) -> Result<MmioState, MmioRestoreError> {
+        Ok(self.state())
+    }
+
+    fn restore(&mut self, state: &MmioState) -> Result<(), MmioRestoreError> {
+        MmioTransport::restore(self, state)
+    }
+}

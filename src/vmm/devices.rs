@@ -1,5 +1,6 @@
-//! The VM's platform devices: the legacy ports (serial, i8042, ACPI sleep, pvpanic, the
-//! exit-code and debug ports) on the port I/O bus, and the virtio devices on the MMIO bus.
+//! The VM's devices: the legacy ports (serial, i8042, ACPI sleep, pvpanic, the exit-code and
+//! debug ports) on the port I/O bus, and the virtio devices on the MMIO bus, in slot order:
+//! the disks, the network interfaces, then the entropy device.
 
 use std::fs::File;
 use std::sync::atomic::AtomicU16;
@@ -9,45 +10,61 @@ use boot::layout;
 use devices::debug_port::DebugPort;
 use devices::i8042::I8042Device;
 use devices::interrupt::EventFdTrigger;
-use devices::power::{AcpiSleep, GuestExitCode, PvPanic};
+use devices::power::{AcpiSleep, GuestExitCode, PvPanic, StopTrigger};
 use devices::serial::SerialDevice;
 use devices::virtio::mmio::MmioTransport;
 use devices::{Bus, IoBuses};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::Error;
+use super::error::Error;
 use crate::api::DeviceInfo;
 use crate::config::{DiskConfig, NetConfig};
-use crate::exit::ExitReason;
+use crate::device_manager::{DeviceManager, MmioSlot};
+use crate::stop::{StopReason, VmStop};
 use crate::timeline;
 use crate::vm::Vm;
 
-/// The devices, and the handles the event loop needs to them.
+/// The devices, and the handles the VMM needs to them.
 pub(super) struct Devices {
     pub io: Arc<IoBuses>,
     pub serial: Arc<Mutex<SerialDevice>>,
-    /// The eventfds the guest ends the VM through, each with its reason: the i8042's reset
-    /// line, the ACPI power-off register, pvpanic.
-    pub guest_stops: Vec<(EventFd, ExitReason)>,
     /// The exit code the guest chose through its port, if it wrote one.
     pub guest_code: Arc<AtomicU16>,
-    /// One per virtio device: runs its queues on the event loop.
+    /// One per virtio device: runs its queues on the event loop (taken by the event loop).
     pub queue_handlers: Vec<devices::virtio::QueueHandler>,
     /// Where each virtio device is (for the command line and the DSDT).
-    pub virtio_slots: Vec<crate::device_manager::MmioSlot>,
+    pub virtio_slots: Vec<MmioSlot>,
     /// Each virtio device's transport, in slot order (for snapshots).
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The virtio devices, for the API.
-    pub device_infos: Vec<DeviceInfo>,
+    pub infos: Vec<DeviceInfo>,
+}
+
+/// What the guest's devices are made of: the disks and TAPs, opened, and whether it gets an
+/// entropy device.
+pub(super) struct DeviceFiles {
+    pub disks: Vec<(DiskConfig, File)>,
+    pub taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
+    pub rng: bool,
+}
+
+/// A trigger that records `reason` as the VM's stop, on the vCPU thread that pulled it.
+fn stop_trigger(stop: &Arc<VmStop>, reason: StopReason) -> StopTrigger {
+    let stop = stop.clone();
+    StopTrigger::new(move || {
+        timeline::mark(&format!("guest stop: {reason}"));
+        stop.request(reason.clone());
+    })
 }
 
 pub(super) fn create_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
-    disks: Vec<(DiskConfig, File)>,
-    taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
+    stop: &Arc<VmStop>,
+    files: DeviceFiles,
 ) -> Result<Devices, Error> {
+    let DeviceFiles { disks, taps, rng } = files;
     let io_err = |what| move |source| Error::Io { what, source };
     let bus_err = |what| move |source| Error::Bus { what, source };
     let mut pio = Bus::default();
@@ -72,14 +89,8 @@ pub(super) fn create_devices(
     )
     .map_err(bus_err("the serial port"))?;
 
-    // Each way the guest ends the VM: a device writes an eventfd the event loop watches.
-    let mut guest_stops = Vec::new();
-    let mut stop_event = |what: &'static str, reason: ExitReason| -> Result<EventFd, Error> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err(what))?;
-        guest_stops.push((evt.try_clone().map_err(io_err(what))?, reason));
-        Ok(evt)
-    };
-    let i8042 = I8042Device::new(stop_event("the i8042 reset line", ExitReason::Reset)?);
+    // Each way the guest ends the VM: the device records it on the vCPU thread that asked.
+    let i8042 = I8042Device::new(stop_trigger(stop, StopReason::Reset));
     pio.insert(
         "i8042",
         Arc::new(Mutex::new(i8042)),
@@ -87,7 +98,7 @@ pub(super) fn create_devices(
         devices::i8042::I8042_PORT_LEN,
     )
     .map_err(bus_err("the i8042 controller"))?;
-    let sleep = AcpiSleep::new(stop_event("the ACPI power-off", ExitReason::Poweroff)?);
+    let sleep = AcpiSleep::new(stop_trigger(stop, StopReason::Poweroff));
     pio.insert(
         "acpi-sleep",
         Arc::new(Mutex::new(sleep)),
@@ -95,7 +106,7 @@ pub(super) fn create_devices(
         1,
     )
     .map_err(bus_err("the ACPI sleep register"))?;
-    let pvpanic = PvPanic::new(stop_event("pvpanic", ExitReason::GuestPanic)?);
+    let pvpanic = PvPanic::new(stop_trigger(stop, StopReason::GuestPanic));
     pio.insert(
         "pvpanic",
         Arc::new(Mutex::new(pvpanic)),
@@ -128,9 +139,9 @@ pub(super) fn create_devices(
     .map_err(bus_err("the debug port"))?;
 
     let mut mmio = Bus::default();
-    let mut manager = crate::device_manager::DeviceManager::default();
+    let mut manager = DeviceManager::default();
     let mut queue_handlers = Vec::new();
-    let mut device_infos = Vec::new();
+    let mut infos = Vec::new();
     for (index, (disk, file)) in disks.into_iter().enumerate() {
         let block = devices::virtio::block::Block::new(file, disk.read_only, disk.id.clone())
             .map_err(|source| Error::Block {
@@ -148,7 +159,7 @@ pub(super) fn create_devices(
             )
             .map_err(Error::Virtio)?;
         queue_handlers.push(handler);
-        device_infos.push(DeviceInfo::Block {
+        infos.push(DeviceInfo::Block {
             name,
             path: disk.path.display().to_string(),
             read_only: disk.read_only,
@@ -164,7 +175,7 @@ pub(super) fn create_devices(
             tap.name(),
             devices::virtio::net::format_mac(&mac)
         );
-        device_infos.push(DeviceInfo::Net {
+        infos.push(DeviceInfo::Net {
             name: format!("eth{eth}"),
             tap: tap.name().to_string(),
             mac: devices::virtio::net::format_mac(&mac),
@@ -181,17 +192,32 @@ pub(super) fn create_devices(
             .map_err(Error::Virtio)?;
         queue_handlers.push(handler);
     }
+    if rng {
+        let device = devices::virtio::Rng::new().map_err(Error::Rng)?;
+        let handler = manager
+            .attach(
+                &vm.fd,
+                mem,
+                &mut mmio,
+                "virtio-rng".to_string(),
+                Arc::new(Mutex::new(device)),
+            )
+            .map_err(Error::Virtio)?;
+        queue_handlers.push(handler);
+        infos.push(DeviceInfo::Rng {
+            name: "virtio_rng.0".to_string(),
+        });
+    }
     let io = Arc::new(IoBuses { pio, mmio });
     let (virtio_slots, transports) = manager.into_parts();
     Ok(Devices {
         io,
         serial,
-        guest_stops,
         guest_code,
         queue_handlers,
         virtio_slots,
         transports,
-        device_infos,
+        infos,
     })
 }
 

@@ -1,12 +1,17 @@
-//! vCPUs: registers, CPUID, MSRs, FPU and LAPIC set up for the kernel's entry, the run loop
-//! that sends port and MMIO exits to the buses, and the kick that stops it.
+//! A vCPU: registers, CPUID, MSRs, FPU and LAPIC set up for the kernel's entry (or restored
+//! from a snapshot, [`state`]), one entry into the guest with its exit sent to the buses
+//! ([`Vcpu::run_once`]), and the kick that stops it. The threads that run the vCPUs are in
+//! [`crate::vcpus`]; pausing them is [`control`].
 //!
 //! Stopping a vCPU (Firecracker's design): the VMM records the exit reason first, then sends the
 //! vCPU's thread one [`kick_signal`]. Its handler sets `immediate_exit` in that thread's
 //! `kvm_run`, so `KVM_RUN` returns `EINTR` whether the signal came while the vCPU was in the
 //! guest (the signal itself interrupts it) or just before the thread entered `KVM_RUN` again
 //! (KVM sees `immediate_exit` and returns at once): one kick is always enough. A pause
-//! ([`crate::vcpus::VcpuControl`]) uses the same kick.
+//! ([`control::VcpuControl`]) uses the same kick.
+
+pub mod control;
+pub mod state;
 
 use std::cell::Cell;
 use std::io;
@@ -18,19 +23,20 @@ use boot::layout;
 use boot::loader::EntryPoint;
 use boot::paging::{EFER_LMA, EFER_LME, X86_CR0_PE, X86_CR0_PG, X86_CR4_PAE};
 use devices::IoBuses;
+use devices::Persist;
 use kvm_bindings::{
     kvm_fpu, kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{VcpuExit, VcpuFd};
 use libc::{c_int, c_void, siginfo_t};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::exit::{ExitReason, VmExit};
 use crate::exit_stats::{ExitKind, VcpuExitStats};
-use crate::snapshot::state::VcpuState;
-use crate::vcpus::VcpuControl;
+use crate::stop::StopReason;
+use crate::vm::Vm;
+use state::{StateError, VcpuState};
 
 /// CR0 bit 4, extension type: always 1 on processors since the i486 (Intel SDM Vol. 3A, 2.5).
 const X86_CR0_ET: u64 = 1 << 4;
@@ -91,10 +97,18 @@ pub enum Error {
     MsrList,
     #[error("the thread of vCPU {index} ended before it was configured")]
     Thread { index: u8 },
-    #[error("cannot restore vCPU {index} from the snapshot: {message}")]
-    Restore { index: u8, message: String },
-    #[error("vCPU {index}: {message}")]
-    Seccomp { index: u8, message: String },
+    #[error("cannot restore vCPU {index} from the snapshot")]
+    Restore {
+        index: u8,
+        #[source]
+        source: StateError,
+    },
+    #[error("vCPU {index}: cannot install its seccomp filter")]
+    Seccomp {
+        index: u8,
+        #[source]
+        source: crate::seccomp::Error,
+    },
 }
 
 thread_local! {
@@ -120,13 +134,27 @@ extern "C" fn on_kick(_: c_int, _: *mut siginfo_t, _: *mut c_void) {
     }
 }
 
+/// Sends the kick signal to a vCPU thread.
+pub fn kick(thread: libc::pthread_t) {
+    // SAFETY: `thread` is a vCPU thread that has not been joined yet (VcpuControl hands out
+    // threads only until `stop`, which runs before the join), so its pthread_t is valid; the
+    // signal's handler is installed before any vCPU thread starts.
+    let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+    if rc != 0 {
+        log::warn!(
+            "cannot kick a vCPU thread: {}",
+            io::Error::from_raw_os_error(rc)
+        );
+    }
+}
+
 /// Installs the kick handler (once, before any vCPU thread starts).
 pub fn register_kick_handler() -> io::Result<()> {
     register_signal_handler(kick_signal(), on_kick).map_err(io::Error::from)
 }
 
 /// Publishes a vCPU's `kvm_run` to this thread's kick handler while alive.
-struct KickTarget;
+pub struct KickTarget;
 
 impl KickTarget {
     fn set(run: &mut kvm_run) -> Self {
@@ -141,24 +169,17 @@ impl Drop for KickTarget {
     }
 }
 
-/// What a running vCPU works with.
-pub struct RunContext {
-    pub io: Arc<IoBuses>,
-    pub mem: GuestMemoryMmap,
-    pub exit: Arc<VmExit>,
-    /// Pause and resume.
-    pub control: Arc<VcpuControl>,
-    /// This vCPU's exit counters.
-    pub stats: Arc<VcpuExitStats>,
-}
-
-/// A vCPU before it runs.
+/// A vCPU.
 pub struct Vcpu {
     pub index: u8,
     pub fd: VcpuFd,
     /// The CPUID this vCPU was given (a snapshot saves it: on some hosts `KVM_GET_CPUID2`
     /// does not return what `KVM_SET_CPUID2` set).
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// The MSRs a snapshot reads ([`Vm::msr_indices`]).
+    msr_indices: Arc<[u32]>,
+    /// Whether this host's XSAVE area fits a snapshot's ([`Vm::xsave_fits`]).
+    xsave_fits: bool,
 }
 
 fn kvm_segment(s: &Segment) -> kvm_segment {
@@ -180,14 +201,17 @@ fn kvm_segment(s: &Segment) -> kvm_segment {
 }
 
 impl Vcpu {
-    pub fn new(vm: &VmFd, index: u8) -> Result<Self, Error> {
+    pub fn new(vm: &Vm, index: u8) -> Result<Self, Error> {
         let fd = vm
+            .fd
             .create_vcpu(u64::from(index))
             .map_err(|source| Error::Create { index, source })?;
         Ok(Vcpu {
             index,
             fd,
             cpuid: Vec::new(),
+            msr_indices: vm.msr_indices.clone(),
+            xsave_fits: vm.xsave_fits,
         })
     }
 
@@ -224,18 +248,6 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Gives a new vCPU the state a snapshot saved (see [`crate::snapshot::state`]).
-    pub fn restore(&mut self, state: &VcpuState, xsave_fits: bool) -> Result<(), Error> {
-        crate::snapshot::state::restore_vcpu(&self.fd, state, xsave_fits).map_err(|message| {
-            Error::Restore {
-                index: self.index,
-                message,
-            }
-        })?;
-        self.cpuid = state.cpuid.clone();
-        Ok(())
-    }
-
     fn set_msrs(&self) -> Result<(), Error> {
         let entries = [
             (MSR_IA32_SYSENTER_CS, 0),
@@ -250,7 +262,7 @@ impl Vcpu {
             (MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
             (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
         ];
-        let msrs = crate::snapshot::state::msr_list(&entries).ok_or(Error::MsrList)?;
+        let msrs = state::msr_list(&entries).ok_or(Error::MsrList)?;
         let set = self
             .fd
             .set_msrs(&msrs)
@@ -342,110 +354,103 @@ impl Vcpu {
             .map_err(self.configure_err("KVM_SET_REGS"))
     }
 
-    /// Runs the vCPU until the VM stops, parking it while the VM is paused. Every way out
-    /// records an `ExitReason` first; every exit is counted in `ctx.stats`.
-    pub fn run(mut self, ctx: RunContext) {
-        let RunContext {
-            io,
-            mem,
-            exit,
-            control,
-            stats,
-        } = ctx;
+    /// Publishes this vCPU's `kvm_run` to the kick handler of the calling thread, until the
+    /// guard drops (before the vCPU: declare the guard after it).
+    pub fn publish_for_kicks(&mut self) -> KickTarget {
+        KickTarget::set(self.fd.get_kvm_run())
+    }
+
+    /// Enters the guest once and handles the exit that ends the entry: port and MMIO accesses
+    /// go to the buses, a kick clears `immediate_exit`. Returns why the VM must stop, when the
+    /// exit says so (a triple fault, an emulation failure, …). Every exit is counted in
+    /// `stats`.
+    pub fn run_once(
+        &mut self,
+        io: &IoBuses,
+        mem: &GuestMemoryMmap,
+        stats: &VcpuExitStats,
+    ) -> Option<StopReason> {
         let cpu = self.index;
-        // Dropped before `self` (locals go before arguments), so the handler never sees a
-        // closed vCPU's mapping.
-        let _kick = KickTarget::set(self.fd.get_kvm_run());
-        loop {
-            if exit.stopping() {
-                return;
+        let reason = match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let start = Instant::now();
+                let device = io.pio.write(u64::from(port), data);
+                stats.count_access(ExitKind::IoOut, device, start.elapsed());
+                return None;
             }
-            if control.should_park() {
-                control.park(|| self.tell_kvm_paused(), |task| task(&self));
-                continue;
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let start = Instant::now();
+                let device = io.pio.read_or_ff(u64::from(port), data);
+                stats.count_access(ExitKind::IoIn, device, start.elapsed());
+                return None;
             }
-            let reason = match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    let start = Instant::now();
-                    let device = io.pio.write(u64::from(port), data);
-                    stats.count_access(ExitKind::IoOut, device, start.elapsed());
-                    continue;
-                }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    let start = Instant::now();
-                    let device = io.pio.read_or_ff(u64::from(port), data);
-                    stats.count_access(ExitKind::IoIn, device, start.elapsed());
-                    continue;
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    let start = Instant::now();
-                    let device = io.mmio.write(addr, data);
-                    stats.count_access(ExitKind::MmioWrite, device, start.elapsed());
-                    continue;
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    let start = Instant::now();
-                    let device = io.mmio.read_or_ff(addr, data);
-                    stats.count_access(ExitKind::MmioRead, device, start.elapsed());
-                    continue;
-                }
-                Ok(VcpuExit::Shutdown) => {
-                    stats.count(ExitKind::Shutdown);
-                    // A reset for guests that reboot this way (Linux's `reboot=t`), and the
-                    // only trace of a fatal fault for the others: say where it happened.
-                    log::warn!(
-                        "vCPU {cpu} triple-faulted (KVM_EXIT_SHUTDOWN) at {}",
-                        self.where_and_bytes(&mem)
-                    );
-                    ExitReason::TripleFault { cpu }
-                }
-                Ok(VcpuExit::SystemEvent(kind, _)) => {
-                    stats.count(ExitKind::SystemEvent);
-                    ExitReason::SystemEvent { cpu, kind }
-                }
-                Ok(VcpuExit::Hlt) => {
-                    stats.count(ExitKind::Hlt);
-                    // With the in-kernel LAPIC, KVM handles HLT itself; an HLT exit means
-                    // the guest halted for good.
-                    ExitReason::Error(format!("vCPU {cpu} halted (KVM_EXIT_HLT)"))
-                }
-                Ok(VcpuExit::InternalError) => {
-                    stats.count(ExitKind::InternalError);
-                    self.internal_error(&mem)
-                }
-                Ok(VcpuExit::FailEntry(hw_reason, _)) => {
-                    stats.count(ExitKind::FailEntry);
-                    ExitReason::Error(format!(
-                        "vCPU {cpu}: KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {hw_reason:#x}) at {}{}",
-                        self.where_and_bytes(&mem),
-                        pvm_hint()
-                    ))
-                }
-                Ok(other) => {
-                    stats.count(ExitKind::Other);
-                    let what = format!("{other:?}");
-                    ExitReason::Error(format!(
-                        "vCPU {cpu}: unexpected KVM exit {what} at {}",
-                        self.where_and_bytes(&mem)
-                    ))
-                }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    // A kick (or another signal): clear the kick's flag and look at `stopping`
-                    // and the pause request.
-                    stats.count(ExitKind::Interrupted);
-                    self.fd.set_kvm_immediate_exit(0);
-                    continue;
-                }
-                Err(e) => ExitReason::Error(format!("vCPU {cpu}: KVM_RUN failed: {e}")),
-            };
-            exit.request(reason);
-            return;
-        }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                let start = Instant::now();
+                let device = io.mmio.write(addr, data);
+                stats.count_access(ExitKind::MmioWrite, device, start.elapsed());
+                return None;
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                let start = Instant::now();
+                let device = io.mmio.read_or_ff(addr, data);
+                stats.count_access(ExitKind::MmioRead, device, start.elapsed());
+                return None;
+            }
+            Ok(VcpuExit::Shutdown) => {
+                stats.count(ExitKind::Shutdown);
+                // A reset for guests that reboot this way (Linux's `reboot=t`), and the
+                // only trace of a fatal fault for the others: say where it happened.
+                log::warn!(
+                    "vCPU {cpu} triple-faulted (KVM_EXIT_SHUTDOWN) at {}",
+                    self.where_and_bytes(mem)
+                );
+                StopReason::TripleFault { cpu }
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                stats.count(ExitKind::SystemEvent);
+                StopReason::SystemEvent { cpu, kind }
+            }
+            Ok(VcpuExit::Hlt) => {
+                stats.count(ExitKind::Hlt);
+                // With the in-kernel LAPIC, KVM handles HLT itself; an HLT exit means
+                // the guest halted for good.
+                StopReason::Error(format!("vCPU {cpu} halted (KVM_EXIT_HLT)"))
+            }
+            Ok(VcpuExit::InternalError) => {
+                stats.count(ExitKind::InternalError);
+                self.internal_error(mem)
+            }
+            Ok(VcpuExit::FailEntry(hw_reason, _)) => {
+                stats.count(ExitKind::FailEntry);
+                StopReason::Error(format!(
+                    "vCPU {cpu}: KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {hw_reason:#x}) at {}{}",
+                    self.where_and_bytes(mem),
+                    pvm_hint()
+                ))
+            }
+            Ok(other) => {
+                stats.count(ExitKind::Other);
+                let what = format!("{other:?}");
+                StopReason::Error(format!(
+                    "vCPU {cpu}: unexpected KVM exit {what} at {}",
+                    self.where_and_bytes(mem)
+                ))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick (or another signal): clear the kick's flag and look at `stopping`
+                // and the pause request.
+                stats.count(ExitKind::Interrupted);
+                self.fd.set_kvm_immediate_exit(0);
+                return None;
+            }
+            Err(e) => StopReason::Error(format!("vCPU {cpu}: KVM_RUN failed: {e}")),
+        };
+        Some(reason)
     }
 
     /// Tells KVM this vCPU is paused (`KVM_KVMCLOCK_CTRL`), so that the guest's soft-lockup
     /// watchdog does not count the pause against it. EINVAL: the guest set up no kvmclock.
-    fn tell_kvm_paused(&self) {
+    pub fn tell_kvm_paused(&self) {
         match self.fd.kvmclock_ctrl() {
             Ok(()) => {}
             Err(e) if e.errno() == libc::EINVAL => {}
@@ -453,7 +458,7 @@ impl Vcpu {
         }
     }
 
-    fn internal_error(&mut self, mem: &GuestMemoryMmap) -> ExitReason {
+    fn internal_error(&mut self, mem: &GuestMemoryMmap) -> StopReason {
         let cpu = self.index;
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
         // member of the exit-information union.
@@ -485,7 +490,7 @@ impl Vcpu {
             }
             _ => self.where_and_bytes(mem),
         };
-        ExitReason::Error(format!(
+        StopReason::Error(format!(
             "vCPU {cpu}: KVM_EXIT_INTERNAL_ERROR, suberror {suberror} ({what}), at {location}{}",
             pvm_hint()
         ))
@@ -520,6 +525,23 @@ impl Vcpu {
                 regs.rip
             ),
         }
+    }
+}
+
+/// A vCPU's registers, MSRs, FPU, LAPIC and pending events ([`state`]). Saved on the vCPU's
+/// own thread while it is parked; restored into a new vCPU before it first runs.
+impl Persist for Vcpu {
+    type State = VcpuState;
+    type Error = StateError;
+
+    fn save(&self) -> Result<VcpuState, StateError> {
+        state::save(&self.fd, &self.cpuid, &self.msr_indices)
+    }
+
+    fn restore(&mut self, saved: &VcpuState) -> Result<(), StateError> {
+        state::restore(&self.fd, saved, self.xsave_fits)?;
+        self.cpuid = saved.cpuid.clone();
+        Ok(())
     }
 }
 

@@ -1,0 +1,160 @@
+//! Why a VM could not be built or run, and the exit code each reason gets.
+
+use std::io;
+use std::path::PathBuf;
+
+use boot::memory;
+
+use crate::{api, snapshot, vcpu, vm};
+
+/// Errors while building or running a VM. `exit_code()` tells usage errors (2) from runtime
+/// errors (1).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--cpus {requested} is more than this host's KVM allows ({max})")]
+    TooManyCpus { requested: u16, max: usize },
+    #[error(
+        "--cpus {requested} is more than the VMM supports ({max}: the MP table's 8-bit APIC ids)"
+    )]
+    TooManyCpusForMpTable { requested: u16, max: u8 },
+    #[error("--memory {mib} MiB is more than this host has ({host_mib} MiB of RAM)")]
+    MemoryTooLarge { mib: u64, host_mib: u64 },
+    #[error("--memory {mib} MiB is too small")]
+    MemoryTooSmall {
+        mib: u64,
+        #[source]
+        source: memory::Error,
+    },
+    #[error("cannot open the kernel {path}")]
+    OpenKernel {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the kernel {path}")]
+    LoadKernel {
+        path: PathBuf,
+        #[source]
+        source: boot::Error,
+    },
+    #[error("cannot open the initrd {path}")]
+    OpenInitrd {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the initrd {path}")]
+    LoadInitrd {
+        path: PathBuf,
+        #[source]
+        source: boot::Error,
+    },
+    #[error("cannot use the disk image {path}")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: crate::disk::Error,
+    },
+    #[error("cannot attach the disk image {path}")]
+    Block {
+        path: PathBuf,
+        #[source]
+        source: devices::virtio::block::BlockError,
+    },
+    #[error("cannot use the TAP device {name} for --net")]
+    Tap {
+        name: String,
+        #[source]
+        source: devices::virtio::net::TapError,
+    },
+    #[error("cannot attach a virtio device")]
+    Virtio(#[source] crate::device_manager::Error),
+    #[error("the kernel command line is invalid")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("cannot create {mib} MiB of guest memory")]
+    Memory {
+        mib: u64,
+        #[source]
+        source: boot::Error,
+    },
+    #[error("cannot write the boot structures into guest memory")]
+    BootStructures(#[source] boot::Error),
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    #[error("cannot create the virtio-rng device (--no-rng leaves it out)")]
+    Rng(#[source] io::Error),
+    #[error("cannot set up {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot attach {what} to the I/O bus")]
+    Bus {
+        what: &'static str,
+        #[source]
+        source: devices::BusError,
+    },
+    #[error("cannot connect the {what} interrupt (KVM irqfd for GSI {gsi})")]
+    Irqfd {
+        what: &'static str,
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("the event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+    #[error(transparent)]
+    ApiSocket(#[from] api::SocketError),
+    #[error("cannot restore the snapshot")]
+    Snapshot(#[from] snapshot::LoadError),
+    #[error("cannot restore the VM's interrupt controllers, PIT and clock from the snapshot")]
+    RestoreVm(#[source] vm::Error),
+    #[error("cannot restore the serial port from the snapshot")]
+    RestoreSerial(#[source] devices::serial::SerialStateError),
+    #[error("cannot restore virtio device {index} from the snapshot")]
+    RestoreVirtio {
+        index: usize,
+        #[source]
+        source: devices::virtio::mmio::MmioRestoreError,
+    },
+    #[error("cannot restore vCPU {index} from the snapshot")]
+    RestoreCpu {
+        index: u8,
+        #[source]
+        source: crate::vcpu::state::StateError,
+    },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
+}
+
+impl Error {
+    /// 2 when the command line asks for something impossible (a value beyond the host's
+    /// limits, a file that is not usable as asked), 1 when the VM fails at runtime.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::TooManyCpus { .. }
+            | Error::TooManyCpusForMpTable { .. }
+            | Error::MemoryTooLarge { .. }
+            | Error::MemoryTooSmall { .. }
+            | Error::OpenKernel { .. }
+            | Error::LoadKernel { .. }
+            | Error::OpenInitrd { .. }
+            | Error::LoadInitrd { .. }
+            | Error::Disk { .. }
+            | Error::Block { .. }
+            | Error::Tap { .. }
+            | Error::ApiSocket(_)
+            | Error::Snapshot(_)
+            | Error::RestoreVm(_)
+            | Error::RestoreSerial(_)
+            | Error::RestoreVirtio { .. }
+            | Error::RestoreCpu { .. }
+            | Error::Vcpu(vcpu::Error::Restore { .. })
+            | Error::Cmdline(_) => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Starting a VM from a snapshot ([`Vmm::restore`]), in the order of the boot story with the
+//! saved state in place of the kernel: read and check the snapshot → open its disks and TAPs →
+//! map its memory file → vCPU threads → VM, with the saved interrupt controllers and PIT →
+//! vCPUs with their saved registers → devices with their saved registers and queues. The clock
+//! is set once the vCPUs have their TSCs, in [`Vmm::run`].
+//!
+//! Everything is checked before any vCPU runs: a snapshot that cannot start here (another
+//! format version, a corrupt file, a CPU feature this host lacks, a missing disk) is an error
+//! with exit code 2, never a half-started guest.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use boot::{memory, mptable};
+use devices::Persist;
+
+use super::boot::{create_vm, install_signal_handlers, open_device_files, seccomp_filters};
+use super::devices::create_devices;
+use super::error::Error;
+use super::{RunOptions, Vmm};
+use crate::config::RestoreConfig;
+use crate::exit_stats::ExitStats;
+use crate::snapshot::state::SnapshotState;
+use crate::snapshot::{self, Snapshot};
+use crate::stop::VmStop;
+use crate::vcpus::Vcpus;
+use crate::{api, cpuid, timeline, vcpu};
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Vmm {
+    /// Builds the VM saved in `config.dir`, ready to run where it was paused.
+    pub fn restore(config: &RestoreConfig) -> Result<Vmm, Error> {
+        if let Some(path) = &config.api_socket {
+            api::socket::check_path(path)?;
+        }
+        let Snapshot { state, memory } = snapshot::load(&config.dir)?;
+        timeline::mark("snapshot read and checked");
+        let SnapshotState {
+            config: saved,
+            vm: vm_state,
+            vcpus: vcpu_states,
+            serial: serial_state,
+            virtio: virtio_states,
+            guest_exit_code,
+        } = state;
+        if saved.cpus > mptable::MAX_SUPPORTED_CPUS {
+            return Err(Error::TooManyCpusForMpTable {
+                requested: u16::from(saved.cpus),
+                max: mptable::MAX_SUPPORTED_CPUS,
+            });
+        }
+        let device_files = open_device_files(&saved.disks, &saved.nets, saved.rng)?;
+        let signal_evt = install_signal_handlers()?;
+
+        let mem =
+            memory::map_guest_memory_file(saved.memory_mib << 20, &memory).map_err(|source| {
+                Error::Memory {
+                    mib: saved.memory_mib,
+                    source: source.into(),
+                }
+            })?;
+        timeline::mark("memory mapped from the snapshot");
+        let cpus = saved.cpus;
+        let stop = Arc::new(VmStop::new().map_err(|source| Error::Io {
+            what: "the VM's stop event",
+            source,
+        })?);
+        let filters = seccomp_filters(config.seccomp)?;
+        let mut vcpus =
+            Vcpus::spawn(&mem, &stop, cpus, filters.clone()).map_err(|source| Error::Io {
+                what: "a vCPU thread",
+                source,
+            })?;
+
+        let mut vm = create_vm(&config.kvm_path, &mem, u16::from(cpus))?;
+        for (index, vcpu) in (0..cpus).zip(&vcpu_states) {
+            let here = cpuid::normalize(&vm.supported_cpuid, index, cpus);
+            vcpu::state::check_cpuid(&vcpu.cpuid, here.as_slice())
+                .map_err(|source| Error::RestoreCpu { index, source })?;
+        }
+        vm.restore(&vm_state).map_err(Error::RestoreVm)?;
+        let vm = Arc::new(vm);
+        vcpus.restore(&vm, vcpu_states);
+
+        let devices = create_devices(&vm, &mem, &stop, device_files)?;
+        lock(&devices.serial)
+            .restore(&serial_state)
+            .map_err(Error::RestoreSerial)?;
+        for (index, (transport, state)) in devices.transports.iter().zip(&virtio_states).enumerate()
+        {
+            lock(transport)
+                .restore(state)
+                .map_err(|source| Error::RestoreVirtio { index, source })?;
+        }
+        if let Some(code) = guest_exit_code {
+            devices.guest_code.store(u16::from(code), Ordering::SeqCst);
+        }
+        timeline::mark("devices restored");
+        let stats = Arc::new(ExitStats::new(
+            usize::from(cpus),
+            devices.io.pio.names(),
+            devices.io.mmio.names(),
+        ));
+        Ok(Vmm {
+            vcpus,
+            devices,
+            vm,
+            mem,
+            stop,
+            stats,
+            config: saved,
+            options: RunOptions {
+                api_socket: config.api_socket.clone(),
+                exit_stats: config.exit_stats,
+                paused: config.paused,
+            },
+            signal_evt: Some(signal_evt),
+            filters,
+            restored_clock: Some(vm_state),
+            started: std::sync::OnceLock::new(),
+        })
+    }
+}
