@@ -36,7 +36,12 @@ guest from tests/guests/):
                serial input that arrives while it loads, so the line is written once its
                monitor says `running`, polled every millisecond)
 
-Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--guest PATH] [--only GROUPS]
+With --baseline PATH, a second vmm binary (an earlier build, say) runs every group but `api`
+in the same rounds, in turn with the two others, and a last table sets vmm against it
+(vmm/baseline): a change's cost measured side by side, on the same machine at the same time.
+
+Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--baseline PATH]
+                        [--guest PATH] [--only GROUPS]
 """
 
 import argparse
@@ -352,7 +357,8 @@ def take_snapshot(name, vmm, guest, mem_mib, where):
 
 
 def snapshot_run(name, vmm, guest, snaps):
-    """Cold boot, then restore of each snapshot; the answer to a line typed at spawn."""
+    """Cold boot, then restore of each snapshot in `snaps` ({MiB: where}); the answer to a
+    line typed at spawn."""
     out = {}
     s = Spawned(lines_cmd(name, vmm, guest, SNAP_MIB), stdin=subprocess.PIPE)
     out["snapshot-cold"] = s.wait_for(b"l") * 1000.0
@@ -361,7 +367,7 @@ def snapshot_run(name, vmm, guest, snaps):
     out["snapshot-cold-rss"] = vm_hwm_kib(s.proc.pid) / 1024.0
     s.proc.kill()
     s.drain_and_wait()
-    for mib, where in snaps[name].items():
+    for mib, where in snaps.items():
         with tempfile.TemporaryDirectory() as tmp:
             if name == "vmm":
                 s = Spawned([vmm, "--restore", where], stdin=subprocess.PIPE)
@@ -595,6 +601,8 @@ def main():
     ap.add_argument("--blk-ops", type=int, default=2000)
     ap.add_argument("--net-frames", type=int, default=20000)
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/vmm"))
+    ap.add_argument("--baseline", default=None,
+                    help="a second vmm binary to set vmm against, in the same rounds")
     ap.add_argument("--guest", default=None)
     ap.add_argument("--only", default=None,
                     help="comma-separated groups to run: "
@@ -621,37 +629,40 @@ def main():
     else:
         print("net rows skipped: creating a network namespace with a TAP needs root", file=sys.stderr)
 
+    # Who runs: (result key, kind of VMM, command maker, binary).
+    players = [("vmm", "vmm", vmm_cmd, args.vmm), ("qemu", "qemu", qemu_cmd, args.vmm)]
+    if args.baseline:
+        players.append(("base", "vmm", vmm_cmd, args.baseline))
+
     snap_tmp = None
     snaps = {}
     if only is None or "snapshot" in only:
         snap_tmp = tempfile.TemporaryDirectory()
-        for name in ("vmm", "qemu"):
-            snaps[name] = {}
+        for key, kind, _make, binary in players:
+            snaps[key] = {}
             for mib in (SNAP_MIB, 4 * SNAP_MIB):
-                where = os.path.join(snap_tmp.name, f"{name}-{mib}")
-                take_snapshot(name, args.vmm, args.guest, mib, where)
-                snaps[name][mib] = where
+                where = os.path.join(snap_tmp.name, f"{key}-{mib}")
+                take_snapshot(kind, binary, args.guest, mib, where)
+                snaps[key][mib] = where
 
-    results = {"vmm": {}, "qemu": {}}
+    results = {key: {} for key, *_ in players}
     for i in range(args.runs):
-        # Alternate which VMM goes first, so neither always runs on a warmer machine.
-        order = [("vmm", vmm_cmd), ("qemu", qemu_cmd)]
-        if i % 2:
-            order.reverse()
-        for name, make in order:
+        # Rotate who goes first, so no one always runs on a warmer machine.
+        order = players[i % len(players):] + players[:i % len(players)]
+        for name, kind, make, binary in order:
             groups = [
-                ("hello", lambda: hello_run(make, args.vmm, args.guest)),
-                ("ld", lambda: ld_default_run(make, args.vmm, ld_guest) if ld_guest else {}),
-                ("floor", lambda: floor_run(name, args.vmm)),
-                ("idle", lambda: idle_run(make, args.vmm, args.guest)),
-                ("serial", lambda: serial_run(make, args.vmm, args.guest, args.serial_bytes)),
-                ("blk", lambda: blk_run(name, make, args.vmm, args.guest, args.blk_mb,
+                ("hello", lambda: hello_run(make, binary, args.guest)),
+                ("ld", lambda: ld_default_run(make, binary, ld_guest) if ld_guest else {}),
+                ("floor", lambda: floor_run(kind, binary)),
+                ("idle", lambda: idle_run(make, binary, args.guest)),
+                ("serial", lambda: serial_run(make, binary, args.guest, args.serial_bytes)),
+                ("blk", lambda: blk_run(kind, make, binary, args.guest, args.blk_mb,
                                         args.blk_ops)),
-                ("net", lambda: net_run(name, make, args.vmm, args.guest, netns,
+                ("net", lambda: net_run(kind, make, binary, args.guest, netns,
                                         args.net_frames) if netns else {}),
                 # vmm against itself: run once per round, in vmm's turn.
-                ("api", lambda: api_run(args.vmm, args.guest, i) if name == "vmm" else {}),
-                ("snapshot", lambda: snapshot_run(name, args.vmm, args.guest, snaps)),
+                ("api", lambda: api_run(binary, args.guest, i) if name == "vmm" else {}),
+                ("snapshot", lambda: snapshot_run(kind, binary, args.guest, snaps[name])),
             ]
             for group, run in groups:
                 if only is not None and group not in only:
@@ -697,6 +708,17 @@ def main():
             ratio = statistics.median(v) / statistics.median(q)
             print(f"| {label} | {unit} | {fmt(v)} | {fmt(q)} | {ratio:.3f} |")
         print(f"\n{args.runs} runs each, alternating.")
+    if args.baseline:
+        print(f"\n| metric | unit | vmm median (min–max) | baseline median (min–max) "
+              "| vmm/baseline |")
+        print("|---|---|---|---|---|")
+        for key, label, unit, *_ in ROWS + SNAP_ROWS:
+            if key not in results["vmm"] or key not in results["base"]:
+                continue
+            v, b = results["vmm"][key], results["base"][key]
+            ratio = statistics.median(v) / statistics.median(b)
+            print(f"| {label} | {unit} | {fmt(v)} | {fmt(b)} | {ratio:.3f} |")
+        print(f"\n{args.runs} runs each, in turn; baseline: {args.baseline}")
 
 
 if __name__ == "__main__":

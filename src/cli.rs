@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{DiskConfig, NetConfig};
+use crate::config::{DiskConfig, NetConfig, RestoreConfig, VirtioConfig, VmConfig};
 
 /// Default kernel command line: serial console on COM1, reboot through the i8042 keyboard
 /// controller (which the VMM turns into a clean exit), and reboot at once on a panic.
@@ -116,6 +116,55 @@ pub struct Cli {
 
 /// The longest disk id virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
 pub const MAX_DRIVE_ID_LEN: usize = 20;
+
+/// What the command line asks for: boot a kernel, or restore a snapshot.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Boot(VmConfig),
+    Restore(RestoreConfig),
+}
+
+impl Cli {
+    /// The configuration the options describe; `kvm_path` is the KVM device node to use.
+    pub fn command(self, kvm_path: PathBuf) -> Command {
+        let seccomp = !self.no_seccomp;
+        let Some(kernel) = self.kernel.filter(|_| self.restore.is_none()) else {
+            // clap requires --kernel or --restore.
+            return Command::Restore(RestoreConfig {
+                dir: self.restore.unwrap_or_default(),
+                paused: self.restore_paused,
+                kvm_path,
+                api_socket: self.api_socket,
+                exit_stats: self.exit_stats,
+                seccomp,
+            });
+        };
+        // The root disk comes first (/dev/vda), then the drives, the network interfaces and
+        // the entropy device.
+        let root = self.rootfs.iter().map(|path| DiskConfig {
+            path: path.clone(),
+            read_only: self.rootfs_ro,
+            id: None,
+        });
+        let disks = root.chain(self.drives).map(VirtioConfig::Block);
+        let nets = self.nets.into_iter().map(VirtioConfig::Net);
+        let rng = (!self.no_rng).then_some(VirtioConfig::Rng);
+        Command::Boot(VmConfig {
+            kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            memory_mib: self.memory,
+            cpus: self.cpus,
+            devices: disks.chain(nets).chain(rng).collect(),
+            root_disk: self.rootfs.is_some(),
+            kvm_path,
+            api_socket: self.api_socket,
+            exit_stats: self.exit_stats,
+            seccomp,
+            thp: !self.no_thp,
+        })
+    }
+}
 
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut tap = None;

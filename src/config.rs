@@ -13,10 +13,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub memory_mib: u64,
     pub cpus: u16,
-    /// Disks in guest order (/dev/vda first).
-    pub disks: Vec<DiskConfig>,
-    /// Network interfaces in guest order (eth0 first).
-    pub nets: Vec<NetConfig>,
+    /// The virtio devices, in slot order: the disks (/dev/vda first), the network interfaces
+    /// (eth0 first), then the others.
+    pub devices: Vec<VirtioConfig>,
     /// The first disk is the root file system: `root=/dev/vda rw|ro` goes on the command line.
     pub root_disk: bool,
     pub kvm_path: PathBuf,
@@ -28,8 +27,18 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Ask for transparent huge pages for guest RAM (not `--no-thp`).
     pub thp: bool,
-    /// Give the guest a virtio-rng device (not `--no-rng`).
-    pub rng: bool,
+}
+
+/// One virtio device. A snapshot saves the list a VM was made of, and the restore makes the
+/// same devices again from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtioConfig {
+    /// A disk (`--rootfs`, `--drive`).
+    Block(DiskConfig),
+    /// A network interface on a TAP (`--net`).
+    Net(NetConfig),
+    /// The entropy device (on unless `--no-rng`).
+    Rng,
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::cli::Cli;
-use vmm::config::{DiskConfig, RestoreConfig, VmConfig};
+use vmm::cli::{Cli, Command};
 use vmm::timeline;
 use vmm::vmm::Vmm;
 
@@ -30,42 +29,9 @@ fn main() -> ExitCode {
     let kvm_path = std::env::var_os("VMM_KVM_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KVM_PATH));
-    let vmm = match (cli.restore, cli.kernel) {
-        (Some(dir), _) => Vmm::restore(&RestoreConfig {
-            dir,
-            paused: cli.restore_paused,
-            kvm_path,
-            api_socket: cli.api_socket,
-            exit_stats: cli.exit_stats,
-            seccomp: !cli.no_seccomp,
-        }),
-        (None, Some(kernel)) => {
-            // The root disk comes first: it is /dev/vda.
-            let root = cli.rootfs.iter().map(|path| DiskConfig {
-                path: path.clone(),
-                read_only: cli.rootfs_ro,
-                id: None,
-            });
-            let disks = root.chain(cli.drives).collect();
-            Vmm::boot(&VmConfig {
-                nets: cli.nets,
-                root_disk: cli.rootfs.is_some(),
-                disks,
-                kernel,
-                initrd: cli.initrd,
-                cmdline: cli.cmdline,
-                memory_mib: cli.memory,
-                cpus: cli.cpus,
-                api_socket: cli.api_socket,
-                exit_stats: cli.exit_stats,
-                seccomp: !cli.no_seccomp,
-                thp: !cli.no_thp,
-                rng: !cli.no_rng,
-                kvm_path,
-            })
-        }
-        // clap requires one of the two.
-        (None, None) => unreachable!("--kernel or --restore is required"),
+    let vmm = match cli.command(kvm_path) {
+        Command::Boot(config) => Vmm::boot(&config),
+        Command::Restore(config) => Vmm::restore(&config),
     };
     match vmm.and_then(Vmm::run) {
         Ok(outcome) => {

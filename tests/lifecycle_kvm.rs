@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::guest;
-use vmm::config::VmConfig;
+use vmm::config::{VirtioConfig, VmConfig};
 use vmm::vmm::{Error, Vmm};
 
 /// The tests count this process's vCPU threads: one at a time.
@@ -36,8 +36,7 @@ fn config(api_socket: PathBuf) -> VmConfig {
         cmdline: "test=spin".into(),
         memory_mib: 32,
         cpus: 2,
-        disks: vec![],
-        nets: vec![],
+        devices: vec![VirtioConfig::Rng],
         root_disk: false,
         kvm_path: PathBuf::from("/dev/kvm"),
         api_socket: Some(api_socket),
@@ -45,7 +44,6 @@ fn config(api_socket: PathBuf) -> VmConfig {
         // The filters would apply to this test process's threads.
         seccomp: false,
         thp: true,
-        rng: true,
     }
 }
 

@@ -22,31 +22,32 @@ use crate::exit_stats::{ExitSnapshot, ExitSummary};
 use crate::snapshot::{SaveError, Saved};
 use crate::vcpu::control::ControlError;
 
-/// A device as `GET /vm` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind")]
-pub enum DeviceInfo {
-    #[serde(rename = "virtio-blk")]
-    Block {
-        /// What the guest calls it: vda, vdb, …
-        name: String,
-        path: String,
-        read_only: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
-    },
-    #[serde(rename = "virtio-net")]
-    Net {
-        /// What the guest calls it: eth0, eth1, …
-        name: String,
-        tap: String,
-        mac: String,
-    },
-    #[serde(rename = "virtio-rng")]
-    Rng {
-        /// What the guest calls it (`/sys/class/misc/hw_random`'s `rng_current`).
-        name: String,
-    },
+/// A device as `GET /vm` lists it: `{"kind": …, "name": …, …}`, the rest of its fields
+/// saying what it is made of (a disk's path, a TAP's name, …).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceInfo {
+    /// The kind of device: virtio-blk, virtio-net, virtio-rng, …
+    pub kind: &'static str,
+    /// What the guest calls it: vda, eth0, virtio_rng.0, …
+    pub name: String,
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DeviceInfo {
+    pub fn new(kind: &'static str, name: String) -> Self {
+        DeviceInfo {
+            kind,
+            name,
+            details: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds the field `key`.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
 }
 
 /// What `GET /vm` answers.
@@ -243,17 +244,12 @@ mod tests {
 
     fn context() -> StandIn {
         StandIn::new(vec![
-            DeviceInfo::Block {
-                name: "vda".into(),
-                path: "/tmp/disk.img".into(),
-                read_only: true,
-                id: None,
-            },
-            DeviceInfo::Net {
-                name: "eth0".into(),
-                tap: "tap0".into(),
-                mac: "52:54:00:12:34:56".into(),
-            },
+            DeviceInfo::new("virtio-blk", "vda".into())
+                .with("path", "/tmp/disk.img")
+                .with("read_only", true),
+            DeviceInfo::new("virtio-net", "eth0".into())
+                .with("tap", "tap0")
+                .with("mac", "52:54:00:12:34:56"),
         ])
     }
 

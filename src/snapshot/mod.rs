@@ -195,7 +195,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, LoadError> {
             state.vcpus.len()
         )));
     }
-    let devices = config.disks.len() + config.nets.len() + usize::from(config.rng);
+    let devices = config.devices.len();
     if state.virtio.len() != devices {
         return Err(inconsistent(format!(
             "{devices} virtio devices configured, {} saved",

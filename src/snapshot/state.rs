@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DiskConfig, NetConfig};
+use crate::config::VirtioConfig;
 use crate::vcpu::state::VcpuState;
 use crate::vm::VmState;
 
@@ -18,8 +18,7 @@ pub struct SnapshotState {
     /// One per vCPU, in order (vCPU 0 first).
     pub vcpus: Vec<VcpuState>,
     pub serial: devices::serial::SerialState,
-    /// One per virtio device, in slot order (disks, then network interfaces, as `config`
-    /// lists them, then the entropy device when `config.rng`).
+    /// One per virtio device, in slot order (as `config.devices` lists them).
     pub virtio: Vec<devices::virtio::mmio::MmioState>,
     /// The exit code the guest chose through its port, if it wrote one.
     pub guest_exit_code: Option<u8>,
@@ -30,34 +29,34 @@ pub struct SnapshotState {
 pub struct SavedConfig {
     pub memory_mib: u64,
     pub cpus: u8,
-    /// In guest order (vda first), opened again by their paths on restore.
-    pub disks: Vec<DiskConfig>,
-    /// In guest order (eth0 first), opened again by their names on restore; each with the
-    /// MAC the guest saw (given or derived), so the guest's driver sees the same one.
-    pub nets: Vec<NetConfig>,
-    /// The VM has a virtio-rng device (not `--no-rng`).
-    pub rng: bool,
+    /// The virtio devices in slot order, made again on restore: disks opened again by their
+    /// paths, TAPs by their names, each interface with the MAC the guest saw (given or
+    /// derived), so the guest's driver sees the same one.
+    pub devices: Vec<VirtioConfig>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DiskConfig, NetConfig};
 
     #[test]
     fn the_configuration_round_trips_through_postcard() {
         let config = SavedConfig {
             memory_mib: 128,
             cpus: 2,
-            disks: vec![DiskConfig {
-                path: "/tmp/a.img".into(),
-                read_only: true,
-                id: Some("x".into()),
-            }],
-            nets: vec![NetConfig {
-                tap: "tap0".into(),
-                mac: Some([0x52, 0x54, 0, 1, 2, 3]),
-            }],
-            rng: true,
+            devices: vec![
+                VirtioConfig::Block(DiskConfig {
+                    path: "/tmp/a.img".into(),
+                    read_only: true,
+                    id: Some("x".into()),
+                }),
+                VirtioConfig::Net(NetConfig {
+                    tap: "tap0".into(),
+                    mac: Some([0x52, 0x54, 0, 1, 2, 3]),
+                }),
+                VirtioConfig::Rng,
+            ],
         };
         let bytes = postcard::to_stdvec(&config).unwrap();
         assert_eq!(postcard::from_bytes::<SavedConfig>(&bytes).unwrap(), config);

@@ -25,10 +25,11 @@ use boot::{layout, loader, memory, mptable, paging, params};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 
-use super::devices::{create_devices, DeviceFiles, Devices};
+use super::devices::{create_devices, Devices};
 use super::error::Error;
+use super::virtio;
 use super::{RunOptions, Vmm};
-use crate::config::{DiskConfig, NetConfig, VmConfig};
+use crate::config::{VirtioConfig, VmConfig};
 use crate::exit_stats::ExitStats;
 use crate::signals::{self, SignalEvent};
 use crate::snapshot::state::SavedConfig;
@@ -101,17 +102,7 @@ impl Vmm {
         let saved_config = SavedConfig {
             memory_mib: config.memory_mib,
             cpus,
-            disks: device_files
-                .disks
-                .iter()
-                .map(|(disk, _)| disk.clone())
-                .collect(),
-            nets: device_files
-                .taps
-                .iter()
-                .map(|(net, _)| net.clone())
-                .collect(),
-            rng: device_files.rng,
+            devices: device_files.iter().map(virtio::Opened::config).collect(),
         };
 
         // 5-8. Copying the kernel and the initrd is most of the loading (the host faults in
@@ -293,14 +284,14 @@ fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
         })?),
         None => None,
     };
-    let devices = open_device_files(&config.disks, &config.nets, config.rng)?;
+    let devices = virtio::open(&config.devices)?;
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
     cmdline
         .insert_str(&config.cmdline)
         .map_err(Error::Cmdline)?;
     if config.root_disk {
-        let mode = match config.disks.first() {
-            Some(d) if d.read_only => "ro",
+        let mode = match config.devices.first() {
+            Some(VirtioConfig::Block(disk)) if disk.read_only => "ro",
             _ => "rw",
         };
         cmdline
@@ -315,48 +306,11 @@ fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
     })
 }
 
-/// Opens the disk images (locked as they are shared or not) and the TAP devices, in order;
-/// each network interface gets its MAC now (given, or derived from the TAP's name).
-pub(super) fn open_device_files(
-    disk_configs: &[DiskConfig],
-    net_configs: &[NetConfig],
-    rng: bool,
-) -> Result<DeviceFiles, Error> {
-    let mut disks = Vec::with_capacity(disk_configs.len());
-    for disk in disk_configs {
-        let file =
-            crate::disk::open_disk(&disk.path, disk.read_only).map_err(|source| Error::Disk {
-                path: disk.path.clone(),
-                source,
-            })?;
-        disks.push((disk.clone(), file));
-    }
-    let mut taps = Vec::with_capacity(net_configs.len());
-    for net in net_configs {
-        let tap = devices::virtio::net::Tap::open(&net.tap).map_err(|source| Error::Tap {
-            name: net.tap.clone(),
-            source,
-        })?;
-        let mac = net
-            .mac
-            .unwrap_or_else(|| devices::virtio::net::generated_mac(tap.name()));
-        let net = NetConfig {
-            tap: net.tap.clone(),
-            mac: Some(mac),
-        };
-        taps.push((net, tap));
-    }
-    if disks.len() + taps.len() + usize::from(rng) > crate::device_manager::MAX_VIRTIO_DEVICES {
-        return Err(Error::Virtio(crate::device_manager::Error::TooManyDevices));
-    }
-    Ok(DeviceFiles { disks, taps, rng })
-}
-
 /// The user's files, opened and checked, and the command line so far.
 struct Inputs {
     kernel: File,
     initrd: Option<File>,
-    devices: DeviceFiles,
+    devices: Vec<virtio::Opened>,
     cmdline: Cmdline,
 }
 

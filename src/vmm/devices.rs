@@ -1,8 +1,7 @@
 //! The VM's devices: the legacy ports (serial, i8042, ACPI sleep, pvpanic, the exit-code and
-//! debug ports) on the port I/O bus, and the virtio devices on the MMIO bus, in slot order:
-//! the disks, the network interfaces, then the entropy device.
+//! debug ports) on the port I/O bus, and the virtio devices ([`super::virtio`]) on the MMIO
+//! bus.
 
-use std::fs::File;
 use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 
@@ -18,9 +17,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::error::Error;
+use super::virtio::{self, Opened};
 use crate::api::DeviceInfo;
-use crate::config::{DiskConfig, NetConfig};
-use crate::device_manager::{DeviceManager, MmioSlot};
+use crate::device_manager::MmioSlot;
 use crate::stop::{StopReason, VmStop};
 use crate::timeline;
 use crate::vm::Vm;
@@ -41,14 +40,6 @@ pub(super) struct Devices {
     pub infos: Vec<DeviceInfo>,
 }
 
-/// What the guest's devices are made of: the disks and TAPs, opened, and whether it gets an
-/// entropy device.
-pub(super) struct DeviceFiles {
-    pub disks: Vec<(DiskConfig, File)>,
-    pub taps: Vec<(NetConfig, devices::virtio::net::Tap)>,
-    pub rng: bool,
-}
-
 /// A trigger that records `reason` as the VM's stop, on the vCPU thread that pulled it.
 fn stop_trigger(stop: &Arc<VmStop>, reason: StopReason) -> StopTrigger {
     let stop = stop.clone();
@@ -62,9 +53,8 @@ pub(super) fn create_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     stop: &Arc<VmStop>,
-    files: DeviceFiles,
+    virtio: Vec<Opened>,
 ) -> Result<Devices, Error> {
-    let DeviceFiles { disks, taps, rng } = files;
     let io_err = |what| move |source| Error::Io { what, source };
     let bus_err = |what| move |source| Error::Bus { what, source };
     let mut pio = Bus::default();
@@ -139,106 +129,15 @@ pub(super) fn create_devices(
     .map_err(bus_err("the debug port"))?;
 
     let mut mmio = Bus::default();
-    let mut manager = DeviceManager::default();
-    let mut queue_handlers = Vec::new();
-    let mut infos = Vec::new();
-    for (index, (disk, file)) in disks.into_iter().enumerate() {
-        let block = devices::virtio::block::Block::new(file, disk.read_only, disk.id.clone())
-            .map_err(|source| Error::Block {
-                path: disk.path.clone(),
-                source,
-            })?;
-        let name = disk_name(index);
-        let handler = manager
-            .attach(
-                &vm.fd,
-                mem,
-                &mut mmio,
-                format!("virtio-blk:{name}"),
-                Arc::new(Mutex::new(block)),
-            )
-            .map_err(Error::Virtio)?;
-        queue_handlers.push(handler);
-        infos.push(DeviceInfo::Block {
-            name,
-            path: disk.path.display().to_string(),
-            read_only: disk.read_only,
-            id: disk.id,
-        });
-    }
-    for (eth, (net, tap)) in taps.into_iter().enumerate() {
-        let mac = net
-            .mac
-            .unwrap_or_else(|| devices::virtio::net::generated_mac(tap.name()));
-        log::info!(
-            "eth{eth}: TAP {} MAC {}",
-            tap.name(),
-            devices::virtio::net::format_mac(&mac)
-        );
-        infos.push(DeviceInfo::Net {
-            name: format!("eth{eth}"),
-            tap: tap.name().to_string(),
-            mac: devices::virtio::net::format_mac(&mac),
-        });
-        let device = devices::virtio::net::Net::new(tap, mac);
-        let handler = manager
-            .attach(
-                &vm.fd,
-                mem,
-                &mut mmio,
-                format!("virtio-net:eth{eth}"),
-                Arc::new(Mutex::new(device)),
-            )
-            .map_err(Error::Virtio)?;
-        queue_handlers.push(handler);
-    }
-    if rng {
-        let device = devices::virtio::Rng::new().map_err(Error::Rng)?;
-        let handler = manager
-            .attach(
-                &vm.fd,
-                mem,
-                &mut mmio,
-                "virtio-rng".to_string(),
-                Arc::new(Mutex::new(device)),
-            )
-            .map_err(Error::Virtio)?;
-        queue_handlers.push(handler);
-        infos.push(DeviceInfo::Rng {
-            name: "virtio_rng.0".to_string(),
-        });
-    }
+    let virtio = virtio::attach(vm, mem, &mut mmio, virtio)?;
     let io = Arc::new(IoBuses { pio, mmio });
-    let (virtio_slots, transports) = manager.into_parts();
     Ok(Devices {
         io,
         serial,
         guest_code,
-        queue_handlers,
-        virtio_slots,
-        transports,
-        infos,
+        queue_handlers: virtio.queue_handlers,
+        virtio_slots: virtio.slots,
+        transports: virtio.transports,
+        infos: virtio.infos,
     })
-}
-
-/// What a Linux guest calls the `index`-th virtio disk: vda, vdb, … vdz, vdaa, …
-fn disk_name(index: usize) -> String {
-    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
-    match index {
-        0..26 => format!("vd{}", letter(index)),
-        _ => format!("vd{}{}", letter(index / 26 - 1), letter(index)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_names_follow_linux() {
-        assert_eq!(disk_name(0), "vda");
-        assert_eq!(disk_name(25), "vdz");
-        assert_eq!(disk_name(26), "vdaa");
-        assert_eq!(disk_name(27), "vdab");
-    }
 }

@@ -83,8 +83,12 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
-    #[error("cannot create the virtio-rng device (--no-rng leaves it out)")]
-    Rng(#[source] io::Error),
+    #[error("cannot create the {kind} device")]
+    CreateDevice {
+        kind: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot set up {what}")]
     Io {
         what: &'static str,

@@ -14,6 +14,7 @@ mod boot;
 mod devices;
 mod error;
 mod restore;
+mod virtio;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 use boot::{memory, mptable};
 use devices::Persist;
 
-use super::boot::{create_vm, install_signal_handlers, open_device_files, seccomp_filters};
+use super::boot::{create_vm, install_signal_handlers, seccomp_filters};
 use super::devices::create_devices;
 use super::error::Error;
+use super::virtio;
 use super::{RunOptions, Vmm};
 use crate::config::RestoreConfig;
 use crate::exit_stats::ExitStats;
@@ -52,7 +53,7 @@ impl Vmm {
                 max: mptable::MAX_SUPPORTED_CPUS,
             });
         }
-        let device_files = open_device_files(&saved.disks, &saved.nets, saved.rng)?;
+        let device_files = virtio::open(&saved.devices)?;
         let signal_evt = install_signal_handlers()?;
 
         let mem =

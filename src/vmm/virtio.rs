@@ -1,0 +1,171 @@
+//! The VM's virtio devices, made from the configuration's list ([`VirtioConfig`]) in slot
+//! order, in two steps: [`open`] opens every file they need before KVM is touched (so a bad
+//! path or TAP is reported as such on any host), [`attach`] makes each device and attaches it
+//! to the MMIO bus and KVM. A new kind of device is a variant of `VirtioConfig` and an arm in
+//! each of the two.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::net::{format_mac, generated_mac, Tap};
+use devices::virtio::{Block, MmioTransport, Net, QueueHandler, Rng, VirtioDevice};
+use devices::Bus;
+use vm_memory::GuestMemoryMmap;
+
+use super::error::Error;
+use crate::api::DeviceInfo;
+use crate::config::{DiskConfig, NetConfig, VirtioConfig};
+use crate::device_manager::{DeviceManager, MmioSlot, MAX_VIRTIO_DEVICES};
+use crate::vm::Vm;
+
+/// A virtio device's configuration with what it needs from the host, opened.
+pub(super) enum Opened {
+    /// The disk image, locked as it is shared or not.
+    Block(DiskConfig, File),
+    /// The TAP; the configuration has its MAC decided (given, or derived from the TAP's name).
+    Net(NetConfig, Tap),
+    Rng,
+}
+
+impl Opened {
+    /// The configuration, as a snapshot saves it.
+    pub fn config(&self) -> VirtioConfig {
+        match self {
+            Opened::Block(disk, _) => VirtioConfig::Block(disk.clone()),
+            Opened::Net(net, _) => VirtioConfig::Net(net.clone()),
+            Opened::Rng => VirtioConfig::Rng,
+        }
+    }
+}
+
+/// Opens what each device of `configs` needs, in order.
+pub(super) fn open(configs: &[VirtioConfig]) -> Result<Vec<Opened>, Error> {
+    if configs.len() > MAX_VIRTIO_DEVICES {
+        return Err(Error::Virtio(crate::device_manager::Error::TooManyDevices));
+    }
+    configs
+        .iter()
+        .map(|config| match config {
+            VirtioConfig::Block(disk) => crate::disk::open_disk(&disk.path, disk.read_only)
+                .map(|file| Opened::Block(disk.clone(), file))
+                .map_err(|source| Error::Disk {
+                    path: disk.path.clone(),
+                    source,
+                }),
+            VirtioConfig::Net(net) => {
+                let tap = Tap::open(&net.tap).map_err(|source| Error::Tap {
+                    name: net.tap.clone(),
+                    source,
+                })?;
+                let mac = net.mac.unwrap_or_else(|| generated_mac(tap.name()));
+                let net = NetConfig {
+                    tap: net.tap.clone(),
+                    mac: Some(mac),
+                };
+                Ok(Opened::Net(net, tap))
+            }
+            VirtioConfig::Rng => Ok(Opened::Rng),
+        })
+        .collect()
+}
+
+/// The virtio devices, attached.
+pub(super) struct Attached {
+    /// One per device: runs its queues on the event loop.
+    pub queue_handlers: Vec<QueueHandler>,
+    /// Where each device is (for the command line and the DSDT).
+    pub slots: Vec<MmioSlot>,
+    /// Each device's transport, in slot order (for snapshots).
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The devices, for the API.
+    pub infos: Vec<DeviceInfo>,
+}
+
+/// Makes each device of `opened` and attaches it, in order: a virtio-mmio slot on `mmio`, its
+/// interrupt and queue notifications wired through KVM.
+pub(super) fn attach(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    opened: Vec<Opened>,
+) -> Result<Attached, Error> {
+    let mut manager = DeviceManager::default();
+    let mut queue_handlers = Vec::with_capacity(opened.len());
+    let mut infos = Vec::with_capacity(opened.len());
+    let (mut disks, mut nets) = (0, 0);
+    for device in opened {
+        let (info, device): (DeviceInfo, Arc<Mutex<dyn VirtioDevice>>) = match device {
+            Opened::Block(disk, file) => {
+                let block =
+                    Block::new(file, disk.read_only, disk.id.clone()).map_err(|source| {
+                        Error::Block {
+                            path: disk.path.clone(),
+                            source,
+                        }
+                    })?;
+                let mut info = DeviceInfo::new("virtio-blk", disk_name(disks))
+                    .with("path", disk.path.display().to_string())
+                    .with("read_only", disk.read_only);
+                if let Some(id) = disk.id {
+                    info = info.with("id", id);
+                }
+                disks += 1;
+                (info, Arc::new(Mutex::new(block)))
+            }
+            Opened::Net(net, tap) => {
+                let name = format!("eth{nets}");
+                nets += 1;
+                let mac = net.mac.unwrap_or_else(|| generated_mac(tap.name()));
+                log::info!("{name}: TAP {} MAC {}", tap.name(), format_mac(&mac));
+                let info = DeviceInfo::new("virtio-net", name)
+                    .with("tap", tap.name().to_string())
+                    .with("mac", format_mac(&mac));
+                (info, Arc::new(Mutex::new(Net::new(tap, mac))))
+            }
+            Opened::Rng => {
+                // The name Linux gives the first virtio-rng device's hwrng.
+                let info = DeviceInfo::new("virtio-rng", "virtio_rng.0".to_string());
+                let rng = Rng::new().map_err(|source| Error::CreateDevice {
+                    kind: info.kind,
+                    source,
+                })?;
+                (info, Arc::new(Mutex::new(rng)))
+            }
+        };
+        let bus_name = format!("{}:{}", info.kind, info.name);
+        let handler = manager
+            .attach(&vm.fd, mem, mmio, bus_name, device)
+            .map_err(Error::Virtio)?;
+        queue_handlers.push(handler);
+        infos.push(info);
+    }
+    let (slots, transports) = manager.into_parts();
+    Ok(Attached {
+        queue_handlers,
+        slots,
+        transports,
+        infos,
+    })
+}
+
+/// What a Linux guest calls the `index`-th virtio disk: vda, vdb, … vdz, vdaa, …
+fn disk_name(index: usize) -> String {
+    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
+    match index {
+        0..26 => format!("vd{}", letter(index)),
+        _ => format!("vd{}{}", letter(index / 26 - 1), letter(index)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_names_follow_linux() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+        assert_eq!(disk_name(27), "vdab");
+    }
+}
