@@ -40,8 +40,12 @@ With --baseline PATH, a second vmm binary (an earlier build, say) runs every gro
 in the same rounds, in turn with the two others, and a last table sets vmm against it
 (vmm/baseline): a change's cost measured side by side, on the same machine at the same time.
 
+--vmm-arg ARG and --baseline-arg ARG (repeatable) add options to every boot of each
+(`--vmm-arg=--no-rng` compares like with like against a build without virtio-rng).
+
 Usage: bench/compare.py [--runs N] [--serial-bytes N] [--vmm PATH] [--baseline PATH]
-                        [--guest PATH] [--only GROUPS]
+                        [--vmm-arg ARG]... [--baseline-arg ARG]... [--guest PATH]
+                        [--only GROUPS]
 """
 
 import argparse
@@ -75,8 +79,13 @@ NET_TAP = "vmmbench0"
 ETHERTYPE_TEST = 0x88B5
 
 
+# Options added to every boot of a vmm binary (--vmm-arg, --baseline-arg), by its path.
+BOOT_ARGS = {}
+
+
 def vmm_cmd(vmm, guest, cmdline, disk=None, debug_fifo=None, netns=None):
     argv = [vmm, "--kernel", guest, "--memory", str(MEM_MIB), "--cmdline", cmdline]
+    argv += BOOT_ARGS.get(vmm, [])
     if disk:
         argv += ["--drive", f"path={disk}", "--timings"]
     if netns:
@@ -293,7 +302,8 @@ def wait_path(path, what, limit=10.0):
 
 def lines_cmd(name, vmm, guest, mem_mib):
     if name == "vmm":
-        return [vmm, "--kernel", guest, "--memory", str(mem_mib), "--cmdline", "test=lines"]
+        return [vmm, "--kernel", guest, "--memory", str(mem_mib), "--cmdline",
+                "test=lines"] + BOOT_ARGS.get(vmm, [])
     argv = QEMU + ["-kernel", guest, "-append", "test=lines"]
     return argv[:argv.index("-m")] + ["-m", str(mem_mib)] + argv[argv.index("-m") + 2:]
 
@@ -603,11 +613,18 @@ def main():
     ap.add_argument("--vmm", default=os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/vmm"))
     ap.add_argument("--baseline", default=None,
                     help="a second vmm binary to set vmm against, in the same rounds")
+    ap.add_argument("--vmm-arg", action="append", default=[],
+                    help="an option for every boot of --vmm (repeatable), e.g. --vmm-arg=--no-rng")
+    ap.add_argument("--baseline-arg", action="append", default=[],
+                    help="an option for every boot of --baseline (repeatable)")
     ap.add_argument("--guest", default=None)
     ap.add_argument("--only", default=None,
                     help="comma-separated groups to run: "
                          "hello,ld,floor,idle,serial,blk,net,api,snapshot")
     args = ap.parse_args()
+    BOOT_ARGS[args.vmm] = args.vmm_arg
+    if args.baseline:
+        BOOT_ARGS[args.baseline] = args.baseline_arg
 
     if args.guest is None:
         out = os.path.join(ROOT, "target/test-guests")

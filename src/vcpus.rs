@@ -21,7 +21,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::exit_stats::{ExitStats, VcpuExitStats};
 use crate::stop::VmStop;
-use crate::vcpu::control::{ExitedGuard, VcpuControl};
+use crate::vcpu::control::{RunLoopGuard, VcpuControl};
 use crate::vcpu::state::VcpuState;
 use crate::vcpu::{self, Vcpu};
 use crate::vm::Vm;
@@ -268,7 +268,7 @@ fn set_up(
 /// before the write returns).
 fn run(mut vcpu: Vcpu, go: Go, mem: &GuestMemoryMmap, stop: &VmStop, control: Arc<VcpuControl>) {
     let Go { io, stats } = go;
-    let _exited = ExitedGuard(control.clone());
+    let _in_loop = RunLoopGuard(control.clone());
     // Declared after `vcpu`, so dropped before it: the kick handler never sees a closed
     // vCPU's mapping.
     let _kick = vcpu.publish_for_kicks();

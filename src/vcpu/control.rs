@@ -164,7 +164,7 @@ impl VcpuControl {
     }
 
     /// A vCPU thread left its run loop for good.
-    pub(crate) fn exited(&self) {
+    pub(crate) fn left_run_loop(&self) {
         let mut state = self.lock();
         state.running = state.running.saturating_sub(1);
         self.changed.notify_all();
@@ -229,7 +229,7 @@ impl VcpuControl {
         Ok(())
     }
 
-    /// The VM is stopping: wakes the parked vCPUs (they then see the exit request and end)
+    /// The VM is stopping: wakes the parked vCPUs (they then see the stop request and end)
     /// and forgets the threads, which are about to be joined.
     pub(crate) fn stop(&self) -> Vec<libc::pthread_t> {
         self.stop_requested.store(true, Ordering::SeqCst);
@@ -256,12 +256,12 @@ impl VcpuControl {
     }
 }
 
-/// Calls [`VcpuControl::exited`] when a vCPU thread leaves its run loop, panicking or not.
-pub(crate) struct ExitedGuard(pub(crate) Arc<VcpuControl>);
+/// Calls [`VcpuControl::left_run_loop`] when a vCPU thread leaves its run loop, panicking or not.
+pub(crate) struct RunLoopGuard(pub(crate) Arc<VcpuControl>);
 
-impl Drop for ExitedGuard {
+impl Drop for RunLoopGuard {
     fn drop(&mut self) {
-        self.0.exited();
+        self.0.left_run_loop();
     }
 }
 

@@ -3,7 +3,7 @@
 //! ([`Vcpu::run_once`]), and the kick that stops it. The threads that run the vCPUs are in
 //! [`crate::vcpus`]; pausing them is [`control`].
 //!
-//! Stopping a vCPU (Firecracker's design): the VMM records the exit reason first, then sends the
+//! Stopping a vCPU (Firecracker's design): the VMM records the stop reason first, then sends the
 //! vCPU's thread one [`kick_signal`]. Its handler sets `immediate_exit` in that thread's
 //! `kvm_run`, so `KVM_RUN` returns `EINTR` whether the signal came while the vCPU was in the
 //! guest (the signal itself interrupts it) or just before the thread entered `KVM_RUN` again

@@ -34,7 +34,7 @@ fn fake_vcpus(n: usize) -> FakeVcpus {
                 tasks.clone(),
             );
             std::thread::spawn(move || {
-                let _exited = ExitedGuard(control.clone());
+                let _in_loop = RunLoopGuard(control.clone());
                 while !stop.load(Ordering::SeqCst) {
                     if control.should_park() {
                         control.park(
@@ -182,7 +182,7 @@ fn a_thread_that_exits_during_a_pause_does_not_hold_it_up() {
     let leaver = control.clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
-        leaver.exited();
+        leaver.left_run_loop();
     });
     control.pause(Duration::from_secs(5), |_| {}).unwrap();
     t.join().unwrap();
