@@ -28,9 +28,8 @@ use vm_memory::GuestMemoryMmap;
 use super::devices::{create_devices, Devices};
 use super::error::Error;
 use super::virtio;
-use super::{RunOptions, Vmm};
+use super::{Built, RunOptions, Vmm};
 use crate::config::{VirtioConfig, VmConfig};
-use crate::exit_stats::ExitStats;
 use crate::signals::{self, SignalEvent};
 use crate::snapshot::state::SavedConfig;
 use crate::stop::VmStop;
@@ -67,16 +66,7 @@ impl Vmm {
 
         // 3. The vCPU threads. check_config made sure the count fits the MP table's u8.
         let cpus = config.cpus as u8;
-        let stop = Arc::new(VmStop::new().map_err(|source| Error::Io {
-            what: "the VM's stop event",
-            source,
-        })?);
-        let filters = seccomp_filters(config.seccomp)?;
-        let mut vcpus =
-            Vcpus::spawn(&mem, &stop, cpus, filters.clone()).map_err(|source| Error::Io {
-                what: "a vCPU thread",
-                source,
-            })?;
+        let (stop, filters, mut vcpus) = spawn_vcpus(&mem, cpus, config.seccomp)?;
         timeline::mark("vCPU threads started");
 
         // 4. The kernel and the initrd, placed.
@@ -123,29 +113,21 @@ impl Vmm {
             Ok((vm, devices))
         })?;
         timeline::mark("kernel and initrd copied");
-        let stats = Arc::new(ExitStats::new(
-            usize::from(cpus),
-            devices.io.pio.names(),
-            devices.io.mmio.names(),
-        ));
-        Ok(Vmm {
+        let built = Built {
             vcpus,
             devices,
             vm,
             mem,
             stop,
-            stats,
-            config: saved_config,
-            options: RunOptions {
-                api_socket: config.api_socket.clone(),
-                exit_stats: config.exit_stats,
-                paused: false,
-            },
-            signal_evt: Some(signal_evt),
             filters,
-            restored_clock: None,
-            started: std::sync::OnceLock::new(),
-        })
+            signal_evt,
+        };
+        let options = RunOptions {
+            api_socket: config.api_socket.clone(),
+            exit_stats: config.exit_stats,
+            paused: false,
+        };
+        Ok(Vmm::assemble(built, saved_config, options, None))
     }
 }
 
@@ -346,6 +328,28 @@ pub(super) fn install_signal_handlers() -> Result<SignalEvent, Error> {
     Ok(signal_evt)
 }
 
+/// The VM's stop event, the seccomp filters (None: `--no-seccomp`) and the vCPU threads.
+pub(super) type Spawned = (Arc<VmStop>, Option<Arc<crate::seccomp::Filters>>, Vcpus);
+
+/// The VM's stop event, the seccomp filters (None without `seccomp`) and one thread per vCPU,
+/// started before the VM exists.
+pub(super) fn spawn_vcpus(
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    seccomp: bool,
+) -> Result<Spawned, Error> {
+    let stop = Arc::new(VmStop::new().map_err(|source| Error::Io {
+        what: "the VM's stop event",
+        source,
+    })?);
+    let filters = seccomp_filters(seccomp)?;
+    let vcpus = Vcpus::spawn(mem, &stop, cpus, filters.clone()).map_err(|source| Error::Io {
+        what: "a vCPU thread",
+        source,
+    })?;
+    Ok((stop, filters, vcpus))
+}
+
 /// Opens KVM and creates the VM with `mem` as its RAM, checking that it can have `cpus` vCPUs.
 pub(super) fn create_vm(kvm_path: &Path, mem: &GuestMemoryMmap, cpus: u16) -> Result<Vm, Error> {
     let vm = Vm::new(kvm_path, mem)?;
@@ -360,7 +364,7 @@ pub(super) fn create_vm(kvm_path: &Path, mem: &GuestMemoryMmap, cpus: u16) -> Re
 
 /// The seccomp filters, built (a few tens of microseconds), with the SIGSYS handler in place;
 /// None without seccomp.
-pub(super) fn seccomp_filters(on: bool) -> Result<Option<Arc<crate::seccomp::Filters>>, Error> {
+fn seccomp_filters(on: bool) -> Result<Option<Arc<crate::seccomp::Filters>>, Error> {
     if !on {
         return Ok(None);
     }

@@ -88,11 +88,60 @@ pub struct Vmm {
     started: OnceLock<Instant>,
 }
 
+/// What boot and restore both build before the `Vmm` holds it.
+struct Built {
+    vcpus: Vcpus,
+    devices: Devices,
+    vm: Arc<Vm>,
+    mem: GuestMemoryMmap,
+    stop: Arc<VmStop>,
+    filters: Option<Arc<crate::seccomp::Filters>>,
+    signal_evt: SignalEvent,
+}
+
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Vmm {
+    /// The owner of what boot or restore built: `config` is what the VM is made of,
+    /// `restored_clock` a restored VM's saved clock.
+    fn assemble(
+        built: Built,
+        config: SavedConfig,
+        options: RunOptions,
+        restored_clock: Option<VmState>,
+    ) -> Vmm {
+        let Built {
+            vcpus,
+            devices,
+            vm,
+            mem,
+            stop,
+            filters,
+            signal_evt,
+        } = built;
+        let stats = Arc::new(ExitStats::new(
+            usize::from(config.cpus),
+            devices.io.pio.names(),
+            devices.io.mmio.names(),
+        ));
+        Vmm {
+            vcpus,
+            devices,
+            vm,
+            mem,
+            stop,
+            stats,
+            config,
+            options,
+            signal_evt: Some(signal_evt),
+            filters,
+            restored_clock,
+            started: OnceLock::new(),
+        }
+    }
+
     /// Runs the VM until it stops: the event loop on this thread, the vCPUs on theirs, the API
     /// (with `--api-socket`) on the event loop. Any error after the vCPUs started stops them
     /// before it is returned.

@@ -14,17 +14,14 @@ use std::sync::{Arc, Mutex};
 use boot::{memory, mptable};
 use devices::Persist;
 
-use super::boot::{create_vm, install_signal_handlers, seccomp_filters};
+use super::boot::{create_vm, install_signal_handlers, spawn_vcpus};
 use super::devices::create_devices;
 use super::error::Error;
 use super::virtio;
-use super::{RunOptions, Vmm};
+use super::{Built, RunOptions, Vmm};
 use crate::config::RestoreConfig;
-use crate::exit_stats::ExitStats;
 use crate::snapshot::state::SnapshotState;
 use crate::snapshot::{self, Snapshot};
-use crate::stop::VmStop;
-use crate::vcpus::Vcpus;
 use crate::{api, cpuid, timeline, vcpu};
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,16 +62,7 @@ impl Vmm {
             })?;
         timeline::mark("memory mapped from the snapshot");
         let cpus = saved.cpus;
-        let stop = Arc::new(VmStop::new().map_err(|source| Error::Io {
-            what: "the VM's stop event",
-            source,
-        })?);
-        let filters = seccomp_filters(config.seccomp)?;
-        let mut vcpus =
-            Vcpus::spawn(&mem, &stop, cpus, filters.clone()).map_err(|source| Error::Io {
-                what: "a vCPU thread",
-                source,
-            })?;
+        let (stop, filters, mut vcpus) = spawn_vcpus(&mem, cpus, config.seccomp)?;
 
         let mut vm = create_vm(&config.kvm_path, &mem, u16::from(cpus))?;
         for (index, vcpu) in (0..cpus).zip(&vcpu_states) {
@@ -100,28 +88,20 @@ impl Vmm {
             devices.guest_code.store(u16::from(code), Ordering::SeqCst);
         }
         timeline::mark("devices restored");
-        let stats = Arc::new(ExitStats::new(
-            usize::from(cpus),
-            devices.io.pio.names(),
-            devices.io.mmio.names(),
-        ));
-        Ok(Vmm {
+        let built = Built {
             vcpus,
             devices,
             vm,
             mem,
             stop,
-            stats,
-            config: saved,
-            options: RunOptions {
-                api_socket: config.api_socket.clone(),
-                exit_stats: config.exit_stats,
-                paused: config.paused,
-            },
-            signal_evt: Some(signal_evt),
             filters,
-            restored_clock: Some(vm_state),
-            started: std::sync::OnceLock::new(),
-        })
+            signal_evt,
+        };
+        let options = RunOptions {
+            api_socket: config.api_socket.clone(),
+            exit_stats: config.exit_stats,
+            paused: config.paused,
+        };
+        Ok(Vmm::assemble(built, saved, options, Some(vm_state)))
     }
 }

@@ -61,6 +61,7 @@ pub use handler::QueueHandler;
 pub use mmio::MmioTransport;
 pub use net::{Net, NetBackend, Tap};
 pub use rng::Rng;
+use virtio_queue::QueueT;
 pub use virtio_queue::{Queue, QueueState};
 
 /// `VIRTIO_F_VERSION_1` (virtio 1.2 §6): the device follows virtio 1.x, not the legacy interface.
@@ -143,6 +144,53 @@ pub enum ActivateError {
     /// TAP's offloads).
     #[error("the device's host backend refused the negotiated settings")]
     Backend(#[source] io::Error),
+}
+
+/// The queue of a single-queue device (virtio-blk, virtio-rng) and what it needs, from
+/// `DRIVER_OK` to reset.
+pub(crate) struct ActiveQueue {
+    pub mem: GuestMemoryMmap,
+    pub queue: Queue,
+    pub interrupt: std::sync::Arc<dyn VirtioInterrupt>,
+}
+
+impl ActiveQueue {
+    /// Starts a single-queue device whose queue is kept in `slot`, as
+    /// [`VirtioDevice::activate`] asks: not while started already, with exactly one queue, and
+    /// that one ready.
+    pub fn start(
+        slot: &mut Option<ActiveQueue>,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: std::sync::Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        if slot.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let actual = queues.len();
+        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                actual,
+            });
+        };
+        if !queue.ready() {
+            return Err(ActivateError::QueueNotReady { index: 0 });
+        }
+        *slot = Some(ActiveQueue {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    /// The queue's state while started, as [`VirtioDevice::queue_states`] gives it.
+    pub fn states(slot: &Option<ActiveQueue>) -> Vec<QueueState> {
+        slot.as_ref()
+            .map(|active| vec![active.queue.state()])
+            .unwrap_or_default()
+    }
 }
 
 /// Device logic, independent of the transport (MMIO here; PCI would implement the same calls).

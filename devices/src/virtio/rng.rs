@@ -29,7 +29,9 @@ use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::queue;
-use super::{feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{
+    feature_bit, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 64;
@@ -98,16 +100,9 @@ pub struct RngStats {
     pub throttled: u64,
 }
 
-/// The queue and what it needs, from `DRIVER_OK` to reset.
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 /// A virtio-rng device.
 pub struct Rng {
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
     bucket: Bucket,
     /// Armed while the device waits for its bucket to refill.
     timer: TimerFd,
@@ -328,25 +323,7 @@ impl VirtioDevice for Rng {
         _acked_features: u64,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let actual = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                actual,
-            });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady { index: 0 });
-        }
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
-        Ok(())
+        ActiveQueue::start(&mut self.active, mem, queues, interrupt)
     }
 
     /// Runs on a vCPU thread (a `Status` write), whose seccomp filter allows no timer call:
@@ -362,10 +339,7 @@ impl VirtioDevice for Rng {
     }
 
     fn queue_states(&self) -> Vec<QueueState> {
-        self.active
-            .as_ref()
-            .map(|active| vec![active.queue.state()])
-            .unwrap_or_default()
+        ActiveQueue::states(&self.active)
     }
 
     fn process_queue(&mut self, queue_index: usize) -> bool {

@@ -29,12 +29,12 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueState, QueueT};
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 
 use super::queue;
 use super::{
-    feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    feature_bit, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
@@ -147,19 +147,12 @@ struct Disk {
     counters: Arc<BlockCounters>,
 }
 
-/// The queue and what it needs, from `DRIVER_OK` to reset.
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 /// A virtio-blk device (virtio 1.2 §5.2) backed by a file or a host block device.
 pub struct Block {
     disk: Disk,
     avail_features: u64,
     config: [u8; CONFIG_LEN],
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
 }
 
 impl std::fmt::Debug for Block {
@@ -299,28 +292,8 @@ impl VirtioDevice for Block {
         acked_features: u64,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let actual = queues.len();
-        let queue = match <[Queue; 1]>::try_from(queues) {
-            Ok([queue]) => queue,
-            Err(_) => {
-                return Err(ActivateError::QueueCount {
-                    expected: 1,
-                    actual,
-                })
-            }
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady { index: 0 });
-        }
+        ActiveQueue::start(&mut self.active, mem, queues, interrupt)?;
         self.disk.write_through = acked_features & feature_bit(VIRTIO_BLK_F_FLUSH) == 0;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
         Ok(())
     }
 
@@ -336,10 +309,7 @@ impl VirtioDevice for Block {
     /// Requests run to completion inside `process_queue`, so the queue's own positions are
     /// those of finished requests.
     fn queue_states(&self) -> Vec<QueueState> {
-        self.active
-            .as_ref()
-            .map(|active| vec![active.queue.state()])
-            .unwrap_or_default()
+        ActiveQueue::states(&self.active)
     }
 
     /// The standard loop (`queue::process_chains`) over the request queue, then one used

@@ -10,6 +10,8 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempfile::TempFile;
 
+use virtio_queue::QueueT;
+
 use super::request::transfer_all;
 use super::*;
 use crate::virtio::test_utils::{r, w, Buf, CountingInterrupt, GuestQueue};
