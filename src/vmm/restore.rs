@@ -9,7 +9,7 @@
 //! with exit code 2, never a half-started guest.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use boot::{memory, mptable};
 use devices::Persist;
@@ -18,15 +18,11 @@ use super::boot::{create_vm, install_signal_handlers, spawn_vcpus};
 use super::devices::create_devices;
 use super::error::Error;
 use super::virtio;
-use super::{Built, RunOptions, Vmm};
+use super::{lock, Built, RunOptions, Vmm};
 use crate::config::RestoreConfig;
 use crate::snapshot::state::SnapshotState;
 use crate::snapshot::{self, Snapshot};
 use crate::{api, cpuid, timeline, vcpu};
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Vmm {
     /// Builds the VM saved in `config.dir`, ready to run where it was paused.
