@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{DiskConfig, NetConfig, RestoreConfig, VirtioConfig, VmConfig};
+use crate::config::{
+    DiskConfig, FsBackend, FsConfig, NetConfig, RestoreConfig, VirtioConfig, VmConfig,
+};
 
 /// Default kernel command line: serial console on COM1, reboot through the i8042 keyboard
 /// controller (which the VMM turns into a clean exit), and reboot at once on a panic.
@@ -64,6 +66,14 @@ pub struct Cli {
     /// attached. Without `mac=` a stable MAC is derived from the TAP name.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
+
+    /// A host directory shared with the guest through virtio-fs: `tag=TAG,path=DIR[,ro]`
+    /// (vmm runs virtiofsd for DIR, found as $VMM_VIRTIOFSD, else on PATH; `cargo install
+    /// virtiofsd` installs it) or `tag=TAG,socket=PATH` (a vhost-user back end you run). The
+    /// guest mounts it with `mount -t virtiofs TAG DIR`. Repeatable.
+    #[arg(long = "fs", value_name = "tag=TAG,path=DIR[,ro]", value_parser = parse_fs,
+          conflicts_with = "restore")]
+    pub fs: Vec<FsConfig>,
 
     /// Print a boot timeline on stderr: milliseconds since the VMM started, for each phase,
     /// and each byte the guest writes to the debug port 0x80.
@@ -148,6 +158,7 @@ impl Cli {
         });
         let disks = root.chain(self.drives).map(VirtioConfig::Block);
         let nets = self.nets.into_iter().map(VirtioConfig::Net);
+        let fs = self.fs.into_iter().map(VirtioConfig::Fs);
         let rng = (!self.no_rng).then_some(VirtioConfig::Rng);
         Command::Boot(VmConfig {
             kernel,
@@ -155,7 +166,7 @@ impl Cli {
             cmdline: self.cmdline,
             memory_mib: self.memory,
             cpus: self.cpus,
-            devices: disks.chain(nets).chain(rng).collect(),
+            devices: disks.chain(nets).chain(fs).chain(rng).collect(),
             root_disk: self.rootfs.is_some(),
             kvm_path,
             api_socket: self.api_socket,
@@ -184,6 +195,42 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
     }
     let tap = tap.ok_or("missing tap=NAME; expected tap=NAME[,mac=MAC]")?;
     Ok(NetConfig { tap, mac })
+}
+
+/// The longest mount tag virtio-fs carries (virtio 1.2 §5.11.4).
+const MAX_FS_TAG_LEN: usize = devices::virtio::fs::TAG_LEN;
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    const EXPECTED: &str = "expected tag=TAG,path=DIR[,ro] or tag=TAG,socket=PATH";
+    let (mut tag, mut path, mut socket, mut read_only) = (None, None, None, false);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tag", t)) => {
+                if t.is_empty() || t.len() > MAX_FS_TAG_LEN {
+                    return Err(format!(
+                        "tag={t:?}: a mount tag is 1 to {MAX_FS_TAG_LEN} bytes"
+                    ));
+                }
+                tag = Some(t.to_string());
+            }
+            Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+            None if part == "ro" => read_only = true,
+            _ => return Err(format!("unknown fs option {part:?}; {EXPECTED}")),
+        }
+    }
+    let tag = tag.ok_or(format!("missing tag=TAG; {EXPECTED}"))?;
+    let backend = match (path, socket) {
+        (Some(path), None) => FsBackend::Dir { path, read_only },
+        (None, Some(_)) if read_only => {
+            return Err(
+                "ro goes with path=DIR: a back end on socket=PATH decides itself".to_string(),
+            )
+        }
+        (None, Some(socket)) => FsBackend::Socket(socket),
+        _ => return Err(format!("give one of path=DIR and socket=PATH; {EXPECTED}")),
+    };
+    Ok(FsConfig { tag, backend })
 }
 
 fn parse_drive(s: &str) -> Result<DiskConfig, String> {
@@ -236,6 +283,80 @@ mod tests {
         assert!(!cli.timings);
         assert!(cli.api_socket.is_none());
         assert!(!cli.exit_stats);
+    }
+
+    #[test]
+    fn fs_options_and_the_device_order() {
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--drive",
+            "path=d.img",
+            "--fs",
+            "tag=src,path=/src,ro",
+            "--fs",
+            "tag=mine,socket=/run/fs.sock",
+            "--net",
+            "tap=tap0",
+        ])
+        .unwrap();
+        let Command::Boot(config) = cli.command(PathBuf::from("/dev/kvm")) else {
+            panic!("a boot");
+        };
+        let kinds: Vec<&str> = config
+            .devices
+            .iter()
+            .map(|d| match d {
+                VirtioConfig::Block(_) => "blk",
+                VirtioConfig::Net(_) => "net",
+                VirtioConfig::Fs(_) => "fs",
+                VirtioConfig::Rng => "rng",
+            })
+            .collect();
+        assert_eq!(kinds, ["blk", "net", "fs", "fs", "rng"]);
+        assert_eq!(
+            config.devices[2],
+            VirtioConfig::Fs(FsConfig {
+                tag: "src".into(),
+                backend: FsBackend::Dir {
+                    path: "/src".into(),
+                    read_only: true
+                },
+            })
+        );
+        assert_eq!(
+            config.devices[3],
+            VirtioConfig::Fs(FsConfig {
+                tag: "mine".into(),
+                backend: FsBackend::Socket("/run/fs.sock".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn bad_fs_options_say_what_is_expected() {
+        for (bad, says) in [
+            ("path=/src", "missing tag=TAG"),
+            ("tag=src", "give one of path=DIR and socket=PATH"),
+            (
+                "tag=src,path=/a,socket=/b",
+                "give one of path=DIR and socket=PATH",
+            ),
+            ("tag=src,socket=/b,ro", "ro goes with path=DIR"),
+            ("tag=,path=/a", "a mount tag is 1 to 36 bytes"),
+            (
+                &format!("tag={},path=/a", "t".repeat(37)),
+                "a mount tag is 1 to 36 bytes",
+            ),
+            ("tag=src,path=/a,rw", "unknown fs option \"rw\""),
+        ] {
+            let err = parse(&["--kernel", "k", "--fs", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "--fs {bad}: {err}");
+        }
+        let err = parse(&["--restore", "d", "--fs", "tag=a,path=/a"]).unwrap_err();
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
     }
 
     #[test]

@@ -37,8 +37,28 @@ pub enum VirtioConfig {
     Block(DiskConfig),
     /// A network interface on a TAP (`--net`).
     Net(NetConfig),
+    /// A shared directory (`--fs`).
+    Fs(FsConfig),
     /// The entropy device (on unless `--no-rng`).
     Rng,
+}
+
+/// A directory shared with the guest through virtio-fs (`--fs tag=TAG,path=DIR[,ro]` or
+/// `--fs tag=TAG,socket=PATH`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsConfig {
+    /// The mount tag the guest mounts it by (`mount -t virtiofs TAG /mnt`).
+    pub tag: String,
+    pub backend: FsBackend,
+}
+
+/// Who serves a shared directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsBackend {
+    /// vmm starts virtiofsd for this directory, and stops it when it ends.
+    Dir { path: PathBuf, read_only: bool },
+    /// A vhost-user back end the user runs, listening on this socket.
+    Socket(PathBuf),
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME[,mac=MAC]`).

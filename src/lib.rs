@@ -26,5 +26,6 @@ pub mod terminal;
 pub mod timeline;
 pub mod vcpu;
 pub mod vcpus;
+pub mod virtiofsd;
 pub mod vm;
 pub mod vmm;

@@ -298,6 +298,46 @@ fn bad_tap_name() {
     assert_error(&o, 2, "cannot use the TAP device a-name-that-is-too-long");
 }
 
+/// `--fs`: a directory that is not one, a virtiofsd that is not there, one that ends at once,
+/// a socket nobody listens on. Each is a usage error before KVM is touched.
+#[test]
+fn unusable_shared_directories() {
+    let kernel = guest("pvh.elf").display().to_string();
+    let here = std::env::current_dir().unwrap().display().to_string();
+    let fs =
+        |spec: &str, env: &[(&str, &str)]| vmm(&["--kernel", &kernel, "--fs", spec], env, None);
+    let o = fs("tag=x,path=/nonexistent/dir", &[]);
+    assert_error(&o, 2, "cannot share a directory as virtio-fs tag \"x\"");
+    assert!(
+        o.stderr
+            .contains("caused by: /nonexistent/dir is not a directory vmm can read"),
+        "{}",
+        o.stderr
+    );
+    let o = fs(&format!("tag=x,path={here}"), &[("PATH", "/nonexistent")]);
+    assert_error(&o, 2, "cannot share a directory as virtio-fs tag \"x\"");
+    assert!(o.stderr.contains("cargo install virtiofsd"), "{}", o.stderr);
+    // A "virtiofsd" that ends at once.
+    let o = fs(
+        &format!("tag=x,path={here}"),
+        &[("VMM_VIRTIOFSD", "/bin/false")],
+    );
+    assert_error(&o, 2, "cannot share a directory as virtio-fs tag \"x\"");
+    assert!(
+        o.stderr.contains("virtiofsd ended at start"),
+        "{}",
+        o.stderr
+    );
+    let socket = scratch("no-one-listens.sock").display().to_string();
+    let o = fs(&format!("tag=x,socket={socket}"), &[]);
+    assert_error(&o, 2, "cannot share a directory as virtio-fs tag \"x\"");
+    assert!(
+        o.stderr.contains("cannot connect to the vhost-user socket"),
+        "{}",
+        o.stderr
+    );
+}
+
 #[test]
 fn unusable_disk_images() {
     let kernel = guest("pvh.elf").display().to_string();

@@ -98,6 +98,43 @@ fn sha256(path: &std::path::Path) -> String {
         .to_string()
 }
 
+/// A guest command that mounts two virtio-fs shares of one host directory (`share`
+/// writable, `rodir` read-only), hashes a host file through the first, writes a file through
+/// it, and tries to write through the second.
+const FS_CHECK: &str =
+    "mkdir -p /mnt /ro; mount -t virtiofs share /mnt; mount -t virtiofs rodir /ro; \
+echo VMM-FS-SHA \\$(busybox sha256sum /mnt/blob); \
+echo written-in-the-guest > /mnt/from-guest; sync; \
+echo x > /ro/nope; echo VMM-FS-RO-RC \\$?";
+
+/// The guest read the host's file through virtio-fs, its write reached the host, and the
+/// read-only share refused a write.
+fn check_fs(out: &str, console: &str) {
+    let sha = |line: &str| line.split_whitespace().next().unwrap_or("").to_string();
+    let guest = sha(line_value(out, "VMM-FS-SHA "));
+    let host = sha(line_value(console, "VMM-FS-HOST-SHA "));
+    assert_eq!(guest.len(), 64, "{out}");
+    assert_eq!(
+        guest, host,
+        "the file's SHA-256 in the guest and on the host"
+    );
+    assert_eq!(
+        line_value(console, "VMM-FS-FROM-GUEST "),
+        "written-in-the-guest",
+        "the guest's write on the host"
+    );
+    assert_ne!(
+        line_value(out, "VMM-FS-RO-RC "),
+        "0",
+        "a write to the ro share: {out}"
+    );
+    assert_eq!(
+        line_value(console, "VMM-FS-RO-WRITE-LEFT "),
+        "0",
+        "nothing written through ro"
+    );
+}
+
 /// A guest command that reports the kernel's current hardware RNG and reads 1 MiB from
 /// `/dev/hwrng` (busybox's `head`, which reads until it has them all), then shows the first
 /// bytes.
@@ -134,16 +171,25 @@ fn linux_bzimage_and_pvh_vmlinux_boot_to_init_with_all_cpus() {
     };
     let run = Job::new("boot")
         .default_guest()
+        .program_with_libs("virtiofsd", &common::virtiofsd())
         .script(&format!(
             r#"C="{JOB_CMDLINE}"
 ./vmm --kernel bzImage --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cmdline "$C vmmcmd=\"{RNG_CHECK}; exit 5\""
 echo "VMM-EXIT bzimage $?"
 ./vmm --kernel vmlinux --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cpus 4 --cmdline "$C"
 echo "VMM-EXIT pvh $?"
+mkdir shared
+head -c 1048576 /dev/urandom > shared/blob
+VMM_VIRTIOFSD=$PWD/virtiofsd ./vmm --kernel bzImage --initrd initramfs.cpio.gz --memory {MEMORY_MIB} \
+    --fs tag=share,path=$PWD/shared --fs tag=rodir,path=$PWD/shared,ro --cmdline "$C vmmcmd=\"{FS_CHECK}\""
+echo "VMM-EXIT fs $?"
+echo "VMM-FS-HOST-SHA $(sha256sum shared/blob)"
+echo "VMM-FS-FROM-GUEST $(cat shared/from-guest)"
+echo "VMM-FS-RO-WRITE-LEFT $(ls shared/nope 2>/dev/null | wc -l)"
 "#
         ))
         .run(mode, LIMIT);
-    check_job(&run, 2);
+    check_job(&run, 3);
     let (out, code) = boot(&run, "bzimage");
     assert!(out.contains("VMM-INIT-OK uptime="), "{out}");
     assert_eq!(line_value(out, "VMM-CPUS-ONLINE "), "0", "one CPU");
@@ -154,6 +200,9 @@ echo "VMM-EXIT pvh $?"
     let (out, code) = boot(&run, "pvh");
     assert!(out.contains("VMM-INIT-OK uptime="), "{out}");
     assert_eq!(line_value(out, "VMM-CPUS-ONLINE "), "0-3", "four CPUs");
+    assert_eq!(code, 0, "{out}");
+    let (out, code) = boot(&run, "fs");
+    check_fs(out, &run.console);
     assert_eq!(code, 0, "{out}");
 }
 

@@ -326,3 +326,54 @@ fn a_restored_disk_continues_its_queue_and_its_writes_reach_the_image() {
     std::fs::remove_file(&image).unwrap();
     assert_refused(&dir, "disk missing", &image.display().to_string());
 }
+
+/// The virtiofsd processes serving `dir` (by their command line).
+fn virtiofsd_for(dir: &Path) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("shared-dir {}", dir.display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A VM with a shared directory cannot be snapshotted yet (virtiofsd's open files are not
+/// carried): the request is refused, saying why, and the VM runs on. The virtiofsd vmm started
+/// is listed by `GET /vm` and gone once vmm ends.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn a_vm_with_a_shared_directory_refuses_snapshots_and_its_virtiofsd_ends_with_it() {
+    let shared = snapshot_dir("fs-shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let virtiofsd = common::virtiofsd().display().to_string();
+    let sock = socket_path("fs-refused");
+    let fs = format!("tag=share,path={}", shared.display());
+    let args = vmm_args(&sock, "test=lines", &["--fs", &fs]);
+    // Where the tests' virtiofsd is (vmm inherits it; no other test here starts one).
+    std::env::set_var("VMM_VIRTIOFSD", &virtiofsd);
+    let mut vm = ApiVm::spawn(sock.clone(), &args);
+    vm.wait_for("lines: ready\n");
+    assert_eq!(virtiofsd_for(&shared), 1, "vmm started one virtiofsd");
+    let (code, answer) = curl(&sock, "GET", "/vm", None);
+    assert_eq!(code, 200);
+    let devices = &json(&answer)["devices"];
+    assert_eq!(devices[0]["kind"], "virtio-fs", "{answer}");
+    assert_eq!(devices[0]["name"], "share", "{answer}");
+
+    assert_eq!(curl(&sock, "PUT", "/vm/pause", None).0, 204);
+    let dir = snapshot_dir("fs-refused");
+    let body = format!(r#"{{"path": "{}"}}"#, dir.display());
+    let (code, answer) = curl(&sock, "PUT", "/vm/snapshot", Some(&body));
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        error_of(&answer).contains("shared directory (--fs)"),
+        "{answer}"
+    );
+    assert!(!dir.exists(), "a refused snapshot left {}", dir.display());
+    assert_eq!(curl(&sock, "PUT", "/vm/resume", None).0, 204);
+    vm.send(b"on\n");
+    vm.wait_for("line 1: on\n");
+    assert_eq!(curl(&sock, "PUT", "/vm/stop", None).0, 204);
+    let (status, stderr) = vm.wait(LIMIT);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(virtiofsd_for(&shared), 0, "virtiofsd outlived vmm");
+}

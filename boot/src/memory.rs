@@ -121,7 +121,37 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), Error> {
 /// guest that touches nothing else keeps its small RSS. A kernel without THP refuses the
 /// advice; it is then ignored.
 pub fn create_guest_memory(mem_size: u64, thp: bool) -> Result<GuestMemoryMmap, Error> {
-    let mem = map_guest_memory(mem_size, None)?;
+    let mem = map_guest_memory(mem_size, Backing::Anonymous)?;
+    advise_huge_pages(&mem, thp);
+    Ok(mem)
+}
+
+/// Creates guest memory as [`create_guest_memory`] does, but backed by a memfd and mapped
+/// shared, so that another process given the file (a vhost-user back end such as virtiofsd)
+/// sees and writes the same pages. Each region's [`vm_memory::FileOffset`] names the memfd and
+/// where the region starts in it.
+pub fn create_shared_guest_memory(mem_size: u64, thp: bool) -> Result<GuestMemoryMmap, Error> {
+    check_mem_size(mem_size)?;
+    let allocate = |source| Error::Allocate {
+        size: mem_size,
+        source,
+    };
+    // SAFETY: a NUL-terminated name and valid flags; the result is checked and the new
+    // descriptor owned below.
+    let fd = unsafe { libc::memfd_create(c"vmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(allocate(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(mem_size).map_err(allocate)?;
+    let mem = map_guest_memory(mem_size, Backing::Shared(&file))?;
+    advise_huge_pages(&mem, thp);
+    Ok(mem)
+}
+
+/// With `thp`, marks guest RAM from 2 MiB up `MADV_HUGEPAGE` (see [`create_guest_memory`]).
+fn advise_huge_pages(mem: &GuestMemoryMmap, thp: bool) {
     if thp {
         for region in mem.iter() {
             let skip = if region.start_addr().0 == 0 {
@@ -148,7 +178,6 @@ pub fn create_guest_memory(mem_size: u64, thp: bool) -> Result<GuestMemoryMmap, 
             }
         }
     }
-    Ok(mem)
 }
 
 /// Maps `mem_size` bytes of guest memory, laid out by [`ram_regions`], from `file`: the
@@ -172,10 +201,21 @@ pub fn map_guest_memory_file(mem_size: u64, file: &File) -> Result<GuestMemoryMm
             size: mem_size,
         });
     }
-    map_guest_memory(mem_size, Some(file))
+    map_guest_memory(mem_size, Backing::Private(file))
 }
 
-fn map_guest_memory(mem_size: u64, file: Option<&File>) -> Result<GuestMemoryMmap, Error> {
+/// What guest RAM is mapped from.
+#[derive(Clone, Copy)]
+enum Backing<'a> {
+    /// Anonymous memory, private to the VMM.
+    Anonymous,
+    /// A file mapped `MAP_PRIVATE` (a snapshot's memory file): read from it, never written.
+    Private(&'a File),
+    /// A file mapped `MAP_SHARED` (a memfd that another process may map too).
+    Shared(&'a File),
+}
+
+fn map_guest_memory(mem_size: u64, backing: Backing) -> Result<GuestMemoryMmap, Error> {
     check_mem_size(mem_size)?;
     let allocate = |source| Error::Allocate {
         size: mem_size,
@@ -185,7 +225,7 @@ fn map_guest_memory(mem_size: u64, file: Option<&File>) -> Result<GuestMemoryMma
     let regions = ram_regions(mem_size)
         .into_iter()
         .map(|(base, size)| {
-            let mapping = map_aligned(size, file.map(|f| (f, offset)))?;
+            let mapping = map_aligned(size, backing, offset)?;
             offset += size as u64;
             GuestRegionMmap::new(mapping, base)
                 .ok_or_else(|| io::Error::other("the region overflows the address space"))
@@ -195,13 +235,19 @@ fn map_guest_memory(mem_size: u64, file: Option<&File>) -> Result<GuestMemoryMma
     GuestMemoryMmap::from_regions(regions).map_err(|e| allocate(io::Error::other(e)))
 }
 
-/// A private, lazily backed mapping of `size` bytes (a multiple of the page size) at a
+/// A lazily backed mapping of `size` bytes (a multiple of the page size) at a
 /// [`HOST_ALIGN`]-aligned address: an anonymous mapping `HOST_ALIGN` larger, trimmed at both
-/// ends, and with `file`, the file's bytes from the given offset mapped over the window kept.
+/// ends, and with a file `backing`, the file's bytes from `offset` mapped over the window kept.
 fn map_aligned<B: NewBitmap>(
     size: usize,
-    file: Option<(&File, u64)>,
+    backing: Backing,
+    offset: u64,
 ) -> io::Result<vm_memory::MmapRegion<B>> {
+    let (file, shared) = match backing {
+        Backing::Anonymous => (None, false),
+        Backing::Private(file) => (Some(file), false),
+        Backing::Shared(file) => (Some(file), true),
+    };
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     let len = size
@@ -223,12 +269,18 @@ fn map_aligned<B: NewBitmap>(
             return Err(io::Error::last_os_error());
         }
     }
-    if let Some((file, offset)) = file {
-        let offset = libc::off_t::try_from(offset)
+    let mut file_offset = None;
+    if let Some(file) = file {
+        let off = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::other("the file offset is too large"))?;
-        let file_flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED;
+        let sharing = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        let file_flags = sharing | libc::MAP_NORESERVE | libc::MAP_FIXED;
         // SAFETY: MAP_FIXED replaces exactly [aligned, aligned + size), the anonymous window
-        // made above that nothing refers to yet, with a private mapping of the file; the
+        // made above that nothing refers to yet, with a mapping of the file; the
         // file descriptor is valid for the call (the mapping keeps its own reference).
         let mapped = unsafe {
             libc::mmap(
@@ -237,16 +289,26 @@ fn map_aligned<B: NewBitmap>(
                 prot,
                 file_flags,
                 file.as_raw_fd(),
-                offset,
+                off,
             )
         };
         if mapped == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        if shared {
+            file_offset = Some(vm_memory::FileOffset::new(file.try_clone()?, offset));
+        }
     }
-    let builder = MmapRegionBuilder::new_with_bitmap(size, B::with_len(size))
+    let mut builder = MmapRegionBuilder::new_with_bitmap(size, B::with_len(size))
         .with_mmap_prot(prot)
-        .with_mmap_flags(flags);
+        .with_mmap_flags(if shared {
+            libc::MAP_SHARED | libc::MAP_NORESERVE
+        } else {
+            flags
+        });
+    if let Some(file_offset) = file_offset {
+        builder = builder.with_file_offset(file_offset);
+    }
     // SAFETY: [aligned, aligned + size) is a mapping of this process, made above, that is
     // never unmapped (the region does not own it), so it stays valid as long as the region.
     unsafe { builder.with_raw_mmap_pointer(aligned as *mut u8) }
@@ -522,6 +584,32 @@ mod tests {
         assert_eq!(mem.read_obj::<u8>(last).unwrap(), 0xa5);
         mem.write_obj(0x5au8, GuestAddress(0)).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0)).unwrap(), 0x5a);
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_that_another_mapping_sees() {
+        use std::os::unix::fs::FileExt;
+        let mem = create_shared_guest_memory(3 * GIB + 16 * MIB, false).unwrap();
+        let mut expected_offset = 0;
+        for region in mem.iter() {
+            let file_offset = region
+                .file_offset()
+                .expect("a shared region names its file");
+            assert_eq!(file_offset.start(), expected_offset);
+            expected_offset += region.len();
+        }
+        // A write through guest memory is in the file (what a vhost-user back end maps), and
+        // the other way round, in the region above 4 GiB too.
+        let high = GuestAddress(4 * GIB + 4096);
+        mem.write_obj(0xfeed_f00d_u32, high).unwrap();
+        let region = mem.find_region(high).unwrap();
+        let file_offset = region.file_offset().unwrap();
+        let at = file_offset.start() + (high.0 - region.start_addr().0);
+        let mut bytes = [0u8; 4];
+        file_offset.file().read_exact_at(&mut bytes, at).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes), 0xfeed_f00d);
+        file_offset.file().write_all_at(&[0xab; 4], at).unwrap();
+        assert_eq!(mem.read_obj::<u32>(high).unwrap(), 0xabab_abab);
     }
 
     #[test]

@@ -214,6 +214,11 @@ const MAIN_SYSCALLS: &[i64] = &[
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_accept4,
+    // vhost-user back ends (virtio-fs): messages with file descriptors; stopping a helper.
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_kill,
+    libc::SYS_wait4,
     libc::SYS_shutdown,
     libc::SYS_close,
     libc::SYS_fcntl,

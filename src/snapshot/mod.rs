@@ -39,6 +39,11 @@ pub const MEMORY_FILE: &str = "memory";
 pub enum SaveError {
     #[error("the VM is running: pause it first (PUT /vm/pause)")]
     Running,
+    #[error(
+        "a VM with a shared directory (--fs) cannot be snapshotted: the state of its \
+         vhost-user back end (virtiofsd's open files) is not carried"
+    )]
+    SharedDirectory,
     #[error("{0} exists and is not an empty directory: give a new or an empty directory")]
     NotEmpty(PathBuf),
     #[error("cannot write the snapshot to {path}: {source}")]
@@ -63,7 +68,10 @@ impl SaveError {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
-            SaveError::Running | SaveError::NotEmpty(_) | SaveError::Io { .. }
+            SaveError::Running
+                | SaveError::SharedDirectory
+                | SaveError::NotEmpty(_)
+                | SaveError::Io { .. }
         )
     }
 }

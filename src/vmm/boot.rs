@@ -55,13 +55,20 @@ impl Vmm {
         let signal_evt = install_signal_handlers()?;
 
         // 2. Guest memory.
-        let mem =
-            memory::create_guest_memory(config.memory_mib << 20, config.thp).map_err(|source| {
-                Error::Memory {
-                    mib: config.memory_mib,
-                    source: source.into(),
-                }
-            })?;
+        // A vhost-user back end (virtio-fs) maps guest RAM itself: it is then a shared memfd.
+        let shared = config
+            .devices
+            .iter()
+            .any(|device| matches!(device, VirtioConfig::Fs(_)));
+        let create = if shared {
+            memory::create_shared_guest_memory
+        } else {
+            memory::create_guest_memory
+        };
+        let mem = create(config.memory_mib << 20, config.thp).map_err(|source| Error::Memory {
+            mib: config.memory_mib,
+            source: source.into(),
+        })?;
         timeline::mark("memory mapped");
 
         // 3. The vCPU threads. check_config made sure the count fits the MP table's u8.

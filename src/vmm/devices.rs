@@ -38,10 +38,13 @@ pub(super) struct Devices {
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The virtio devices, for the API.
     pub infos: Vec<DeviceInfo>,
+    /// The back-end processes vmm started for them (virtiofsd), stopped when dropped.
+    #[allow(dead_code, reason = "held only to be dropped with the devices")]
+    pub helpers: Vec<crate::virtiofsd::Virtiofsd>,
 }
 
 /// A trigger that records `reason` as the VM's stop, on the vCPU thread that pulled it.
-fn stop_trigger(stop: &Arc<VmStop>, reason: StopReason) -> StopTrigger {
+pub(super) fn stop_trigger(stop: &Arc<VmStop>, reason: StopReason) -> StopTrigger {
     let stop = stop.clone();
     StopTrigger::new(move || {
         timeline::mark(&format!("guest stop: {reason}"));
@@ -129,7 +132,7 @@ pub(super) fn create_devices(
     .map_err(bus_err("the debug port"))?;
 
     let mut mmio = Bus::default();
-    let virtio = virtio::attach(vm, mem, &mut mmio, virtio)?;
+    let virtio = virtio::attach(vm, mem, &mut mmio, stop, virtio)?;
     let io = Arc::new(IoBuses { pio, mmio });
     Ok(Devices {
         io,
@@ -139,5 +142,6 @@ pub(super) fn create_devices(
         virtio_slots: virtio.slots,
         transports: virtio.transports,
         infos: virtio.infos,
+        helpers: virtio.helpers,
     })
 }

@@ -83,6 +83,18 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
+    #[error("cannot share a directory as virtio-fs tag {tag:?}")]
+    Fs {
+        tag: String,
+        #[source]
+        source: crate::virtiofsd::Error,
+    },
+    #[error("cannot start virtio-fs tag {tag:?} with its vhost-user back end")]
+    FsDevice {
+        tag: String,
+        #[source]
+        source: devices::virtio::fs::FsError,
+    },
     #[error("cannot create the {kind} device")]
     CreateDevice {
         kind: &'static str,
@@ -150,6 +162,7 @@ impl Error {
             | Error::Disk { .. }
             | Error::Block { .. }
             | Error::Tap { .. }
+            | Error::Fs { .. }
             | Error::ApiSocket(_)
             | Error::Snapshot(_)
             | Error::RestoreVm(_)

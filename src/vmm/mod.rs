@@ -238,6 +238,10 @@ impl Vmm {
         if !self.is_paused() {
             return Err(SaveError::Running);
         }
+        let shared_dir = |device: &_| matches!(device, crate::config::VirtioConfig::Fs(_));
+        if self.config.devices.iter().any(shared_dir) {
+            return Err(SaveError::SharedDirectory);
+        }
         if !self.vm.xsave_fits {
             return Err(SaveError::XsaveTooLarge);
         }

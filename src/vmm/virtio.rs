@@ -5,8 +5,10 @@
 //! each of the two.
 
 use std::fs::File;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
+use devices::virtio::fs::Fs;
 use devices::virtio::net::{format_mac, generated_mac, Tap};
 use devices::virtio::{Block, MmioTransport, Net, QueueHandler, Rng, VirtioDevice};
 use devices::Bus;
@@ -14,8 +16,10 @@ use vm_memory::GuestMemoryMmap;
 
 use super::error::Error;
 use crate::api::DeviceInfo;
-use crate::config::{DiskConfig, NetConfig, VirtioConfig};
+use crate::config::{DiskConfig, FsBackend, FsConfig, NetConfig, VirtioConfig};
 use crate::device_manager::{DeviceManager, MmioSlot, MAX_VIRTIO_DEVICES};
+use crate::stop::{StopReason, VmStop};
+use crate::virtiofsd::{self, Virtiofsd};
 use crate::vm::Vm;
 
 /// A virtio device's configuration with what it needs from the host, opened.
@@ -24,6 +28,8 @@ pub(super) enum Opened {
     Block(DiskConfig, File),
     /// The TAP; the configuration has its MAC decided (given, or derived from the TAP's name).
     Net(NetConfig, Tap),
+    /// The connection to the vhost-user back end, and the virtiofsd vmm started, if it did.
+    Fs(FsConfig, UnixStream, Option<Virtiofsd>),
     Rng,
 }
 
@@ -33,6 +39,7 @@ impl Opened {
         match self {
             Opened::Block(disk, _) => VirtioConfig::Block(disk.clone()),
             Opened::Net(net, _) => VirtioConfig::Net(net.clone()),
+            Opened::Fs(fs, ..) => VirtioConfig::Fs(fs.clone()),
             Opened::Rng => VirtioConfig::Rng,
         }
     }
@@ -64,6 +71,20 @@ pub(super) fn open(configs: &[VirtioConfig]) -> Result<Vec<Opened>, Error> {
                 };
                 Ok(Opened::Net(net, tap))
             }
+            VirtioConfig::Fs(fs) => {
+                let fs_err = |source| Error::Fs {
+                    tag: fs.tag.clone(),
+                    source,
+                };
+                match &fs.backend {
+                    FsBackend::Dir { path, read_only } => virtiofsd::start(path, *read_only)
+                        .map(|(helper, stream)| Opened::Fs(fs.clone(), stream, Some(helper)))
+                        .map_err(fs_err),
+                    FsBackend::Socket(path) => virtiofsd::connect(path)
+                        .map(|stream| Opened::Fs(fs.clone(), stream, None))
+                        .map_err(fs_err),
+                }
+            }
             VirtioConfig::Rng => Ok(Opened::Rng),
         })
         .collect()
@@ -79,6 +100,8 @@ pub(super) struct Attached {
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The devices, for the API.
     pub infos: Vec<DeviceInfo>,
+    /// The back-end processes vmm started (virtiofsd), stopped when dropped.
+    pub helpers: Vec<Virtiofsd>,
 }
 
 /// Makes each device of `opened` and attaches it, in order: a virtio-mmio slot on `mmio`, its
@@ -87,11 +110,13 @@ pub(super) fn attach(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
+    stop: &Arc<VmStop>,
     opened: Vec<Opened>,
 ) -> Result<Attached, Error> {
     let mut manager = DeviceManager::default();
     let mut queue_handlers = Vec::with_capacity(opened.len());
     let mut infos = Vec::with_capacity(opened.len());
+    let mut helpers = Vec::new();
     let (mut disks, mut nets) = (0, 0);
     for device in opened {
         let (info, device): (DeviceInfo, Arc<Mutex<dyn VirtioDevice>>) = match device {
@@ -122,6 +147,26 @@ pub(super) fn attach(
                     .with("mac", format_mac(&mac));
                 (info, Arc::new(Mutex::new(Net::new(tap, mac))))
             }
+            Opened::Fs(fs, stream, helper) => {
+                helpers.extend(helper);
+                let gone = StopReason::Error(format!(
+                    "the virtio-fs back end for tag {:?} went away or failed; the VM stops",
+                    fs.tag
+                ));
+                let gone = super::devices::stop_trigger(stop, gone);
+                let device = Fs::new(&fs.tag, stream, gone).map_err(|source| Error::FsDevice {
+                    tag: fs.tag.clone(),
+                    source,
+                })?;
+                let mut info = DeviceInfo::new("virtio-fs", fs.tag.clone());
+                info = match &fs.backend {
+                    FsBackend::Dir { path, read_only } => info
+                        .with("path", path.display().to_string())
+                        .with("read_only", *read_only),
+                    FsBackend::Socket(path) => info.with("socket", path.display().to_string()),
+                };
+                (info, Arc::new(Mutex::new(device)))
+            }
             Opened::Rng => {
                 // The name Linux gives the first virtio-rng device's hwrng.
                 let info = DeviceInfo::new("virtio-rng", "virtio_rng.0".to_string());
@@ -145,6 +190,7 @@ pub(super) fn attach(
         slots,
         transports,
         infos,
+        helpers,
     })
 }
 

@@ -63,6 +63,19 @@ pub fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The virtiofsd the tests give vmm: `$VMM_VIRTIOFSD`, else the first on `PATH`, else
+/// `~/.cargo/bin/virtiofsd` (where `resources/install-deps.sh` puts it).
+pub fn virtiofsd() -> PathBuf {
+    vmm::virtiofsd::find()
+        .ok()
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            let path = PathBuf::from(home).join(".cargo/bin/virtiofsd");
+            path.is_file().then_some(path)
+        })
+        .expect("virtiofsd is installed (resources/install-deps.sh: cargo install virtiofsd)")
+}
+
 /// Runs a resources/ script that prints the path of what it built (cached between runs).
 pub fn resource(script: &str) -> PathBuf {
     let output = Command::new("bash")

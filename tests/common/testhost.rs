@@ -123,6 +123,50 @@ impl Job {
         self
     }
 
+    /// Gives the job the dynamically linked program `src` as `./name`, a script that runs it
+    /// with the shared libraries `ldd` names (copied into `./lib`) through their own loader:
+    /// the test host has only what its initramfs packs.
+    pub fn program_with_libs(self, name: &str, src: &Path) -> Job {
+        let lib = self.dir.join("lib");
+        std::fs::create_dir_all(&lib).expect("create the job's lib directory");
+        let ldd = std::process::Command::new("ldd")
+            .arg(src)
+            .output()
+            .unwrap_or_else(|e| panic!("ldd {}: {e}", src.display()));
+        let mut loader = None;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux… (0x…)"
+            let path = line
+                .split("=>")
+                .last()
+                .and_then(|rest| rest.split_whitespace().next())
+                .filter(|p| p.starts_with('/'));
+            if let Some(path) = path {
+                let file = Path::new(path).file_name().expect("a library file name");
+                std::fs::copy(path, lib.join(file))
+                    .unwrap_or_else(|e| panic!("copy {path} into the job: {e}"));
+                if path.contains("ld-linux") {
+                    loader = Some(file.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let loader = loader.expect("ldd names the dynamic loader");
+        let job = self.file(&format!("{name}.bin"), src);
+        let wrapper = job.dir.join(name);
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nd=$(cd \"$(dirname \"$0\")\" && pwd)\n\
+                 exec \"$d/lib/{loader}\" --library-path \"$d/lib\" \"$d/{name}.bin\" \"$@\"\n"
+            ),
+        )
+        .expect("write the wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("make the wrapper executable");
+        job
+    }
+
     /// The default guest's files: `bzImage`, `vmlinux`, `initramfs.cpio.gz`, `rootfs.ext4`.
     pub fn default_guest(self) -> Job {
         let kernel = resource("build-kernel.sh");

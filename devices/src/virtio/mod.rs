@@ -9,6 +9,8 @@
 //! - [`net::Net`]: the network device (virtio 1.2 §5.1) on a [`net::NetBackend`], normally a
 //!   [`net::Tap`].
 //! - [`rng::Rng`]: the entropy device (virtio 1.2 §5.4) on the host's `getrandom(2)`.
+//! - [`fs::Fs`]: the file system device (virtio 1.2 §5.11), a vhost-user front end to a back
+//!   end such as `virtiofsd`.
 //! - [`QueueHandler`]: runs a device's queues and backend on the VMM's event loop.
 //!
 //! Interrupts leave a device through the small [`VirtioInterrupt`] trait. The VMM gives the
@@ -41,6 +43,7 @@
 //! the same time.
 
 pub mod block;
+pub mod fs;
 pub mod handler;
 pub mod mmio;
 pub mod net;
