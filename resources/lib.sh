@@ -46,3 +46,18 @@ install_guest_tools() {
     gcc -static -O2 -s -DVMM_EXIT_PORT="$port" -o "$1/vmm-exit" "$tools/vmm-exit.c"
     install -m 0755 "$tools/vmm-run-cmd" "$1/vmm-run-cmd"
 }
+
+# vmm_init: builds resources/guest-tools/vmm-init.c (static, with the exit-code port from
+# layout.rs) into the cache, keyed by its source and the port, and prints its path.
+vmm_init() {
+    local src key out
+    src="$(dirname "${BASH_SOURCE[0]}")/guest-tools/vmm-init.c"
+    key=$( (guest_exit_port; cat "$src") | sha256sum | cut -c1-16)
+    out="$VMM_CACHE/vmm-init-$key"
+    if [ ! -x "$out" ]; then
+        mkdir -p "$VMM_CACHE"
+        gcc -static -O2 -s -DVMM_EXIT_PORT="$(guest_exit_port)" -o "$out.tmp" "$src"
+        mv "$out.tmp" "$out"
+    fi
+    echo "$out"
+}

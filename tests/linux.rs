@@ -172,6 +172,8 @@ fn linux_bzimage_and_pvh_vmlinux_boot_to_init_with_all_cpus() {
     let run = Job::new("boot")
         .default_guest()
         .program_with_libs("virtiofsd", &common::virtiofsd())
+        .file("vmm-run", &common::root().join("resources/vmm-run"))
+        .file("vmm-init", &common::vmm_init())
         .script(&format!(
             r#"C="{JOB_CMDLINE}"
 ./vmm --kernel bzImage --initrd initramfs.cpio.gz --memory {MEMORY_MIB} --cmdline "$C vmmcmd=\"{RNG_CHECK}; exit 5\""
@@ -186,10 +188,26 @@ echo "VMM-EXIT fs $?"
 echo "VMM-FS-HOST-SHA $(sha256sum shared/blob)"
 echo "VMM-FS-FROM-GUEST $(cat shared/from-guest)"
 echo "VMM-FS-RO-WRITE-LEFT $(ls shared/nope 2>/dev/null | wc -l)"
+mkdir rootdir
+(cd rootdir && gzip -dc ../initramfs.cpio.gz | cpio -id 2>/dev/null)
+VMM_VIRTIOFSD=$PWD/virtiofsd ./vmm --kernel bzImage --memory {MEMORY_MIB} --fs tag=rootfs,path=$PWD/rootdir \
+    --cmdline "$C root=rootfs rootfstype=virtiofs rw init=/init vmmcmd=\"exit 4\""
+echo "VMM-EXIT fsroot $?"
+JOB=$PWD
+mkdir work
+cd work
+export VMM_VIRTIOFSD=$JOB/virtiofsd VMM=$JOB/vmm VMM_KERNEL=$JOB/bzImage VMM_INIT=$JOB/vmm-init VMM_MEMORY={MEMORY_MIB}
+sh $JOB/vmm-run -- sh -c 'echo "VMM-RUN-PWD $(pwd)"; echo made-in-the-vm > made; exit 7'
+echo "VMM-EXIT run7 $?"
+sh $JOB/vmm-run -- true
+echo "VMM-EXIT runtrue $?"
+echo "VMM-RUN-MADE $(cat made)"
+echo "VMM-RUN-WORK $PWD"
+cd $JOB
 "#
         ))
         .run(mode, LIMIT);
-    check_job(&run, 3);
+    check_job(&run, 6);
     let (out, code) = boot(&run, "bzimage");
     assert!(out.contains("VMM-INIT-OK uptime="), "{out}");
     assert_eq!(line_value(out, "VMM-CPUS-ONLINE "), "0", "one CPU");
@@ -204,6 +222,25 @@ echo "VMM-FS-RO-WRITE-LEFT $(ls shared/nope 2>/dev/null | wc -l)"
     let (out, code) = boot(&run, "fs");
     check_fs(out, &run.console);
     assert_eq!(code, 0, "{out}");
+    // Root on virtio-fs: the initramfs's files, unpacked into a host directory, are the
+    // guest's root; no image, no initrd.
+    let (out, code) = boot(&run, "fsroot");
+    assert!(out.contains("VMM-INIT-OK uptime="), "{out}");
+    assert!(out.contains("VMM-CMD-EXIT 4"), "{out}");
+    assert_eq!(code, 4, "{out}");
+    // resources/vmm-run: a command in a VM in the current directory, the host's root as the
+    // guest's, no image; its exit code and output come back, its file stays.
+    let (out, code) = boot(&run, "run7");
+    let work = line_value(&run.console, "VMM-RUN-WORK ");
+    assert_eq!(
+        line_value(out, "VMM-RUN-PWD "),
+        work,
+        "the command ran in the same directory"
+    );
+    assert_eq!(code, 7, "{out}");
+    let (out, code) = boot(&run, "runtrue");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(line_value(&run.console, "VMM-RUN-MADE "), "made-in-the-vm");
 }
 
 #[test]
@@ -246,7 +283,7 @@ echo "VMM-EXIT holder $?"
 "#
         ))
         .run(mode, LIMIT);
-    check_job(&run, 4);
+    check_job(&run, 6);
 
     // Read-write: what the guest wrote and synced is in the image, read with e2fsprogs here.
     let (out, code) = boot(&run, "rw");

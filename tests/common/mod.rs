@@ -76,6 +76,21 @@ pub fn virtiofsd() -> PathBuf {
         .expect("virtiofsd is installed (resources/install-deps.sh: cargo install virtiofsd)")
 }
 
+/// vmm-run's guest init (resources/guest-tools/vmm-init.c), built into the cache.
+pub fn vmm_init() -> PathBuf {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". '{}/resources/lib.sh' && vmm_init",
+            root().display()
+        ))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("build vmm-init");
+    assert!(out.status.success(), "building vmm-init failed");
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
+}
+
 /// Runs a resources/ script that prints the path of what it built (cached between runs).
 pub fn resource(script: &str) -> PathBuf {
     let output = Command::new("bash")
