@@ -26,6 +26,11 @@ against each other, and not compared in the table). Rows:
   net-tx       TCP guest → L1: the guest sends NET_TX_MB MiB to `iobench sink` in L1, waits
                for it to close (`iobench put`)
   The blk and net rows come from one root-disk boot per VMM and run.
+  fs-true      (--only fs) spawn → the output of `true; echo FS-TRUE-DONE` run by
+               resources/vmm-run's init, with L1's root as the guest's root on virtio-fs
+               (read-only) and a working directory shared writable: vmm with its --fs
+               (starting virtiofsd itself), QEMU with vhost-user-fs-device, guest RAM a shared
+               memfd, and the same virtiofsd started by the timed command
   shell-*      vmm alone (a table of its own; --only snap): cold boot of the root disk →
                the output of the command its init's shell runs (vmmcmd `echo SNAP-$((6*7))`),
                against restore of a snapshot of that shell waiting for a line (vmmcmd a loop
@@ -53,7 +58,7 @@ cost comes when the memory is freed, at the end of the run that used it (after i
 VMM-INIT-OK), so each run starts on clean memory, the same for both VMMs. `--l1-args ""`
 measures without it.
 
-Usage: bench/nested.py [--runs N] [--per-boot N] [--only spawn,io] [--vmm PATH] [--keep DIR]
+Usage: bench/nested.py [--runs N] [--per-boot N] [--only spawn,io,snap,fs] [--vmm PATH] [--keep DIR]
                        [--l1-args ARGS]
 """
 
@@ -109,6 +114,34 @@ spawn() {  # spawn VMM RUN
     fi
     rc=$?
     echo "BENCH $1 $2 spawn $t rc=$rc $(grep -a -o 'VMM-INIT-OK uptime=[0-9.]*' $log.log)"
+}
+
+# The fs row: the command `true` in a VM whose root is L1's root on virtio-fs (read-only) and
+# whose working directory is shared writable, as resources/vmm-run does; QEMU with the same
+# virtiofsd (started by the timed command, as vmm starts its own), guest RAM a shared memfd.
+hex() { printf '%s' "$1" | od -An -tx1 -v | tr -d ' \n'; }
+mkdir -p fswork
+FSC="$C root=hostroot rootfstype=virtiofs ro init=/job/vmm-init vmm.cwd=$(hex /job/fswork) vmm.cmd=$(hex 'true; echo FS-TRUE-DONE')"
+fsrun() {  # fsrun VMM RUN
+    log=$OUT/fs-$1-$2
+    if [ $1 = vmm ]; then
+        t=$(VMM_VIRTIOFSD=/job/virtiofsd ./spawn-until -o $log.log -t 120 FS-TRUE-DONE ./vmm \
+            --kernel vmlinux --memory $MEM --cpus 1 --fs tag=hostroot,path=/,ro \
+            --fs tag=cwd,path=/job/fswork --cmdline "$FSC" 2>$log.err)
+    else
+        rm -f /tmp/fs-root.sock /tmp/fs-cwd.sock
+        t=$(./spawn-until -o $log.log -t 120 FS-TRUE-DONE sh -c "
+            ./virtiofsd --socket-path /tmp/fs-root.sock --shared-dir / --readonly --sandbox chroot --log-level error &
+            ./virtiofsd --socket-path /tmp/fs-cwd.sock --shared-dir /job/fswork --sandbox chroot --log-level error &
+            while [ ! -S /tmp/fs-root.sock ] || [ ! -S /tmp/fs-cwd.sock ]; do :; done
+            exec $Q $QM $QV -object memory-backend-memfd,id=mem,size=${MEM}M,share=on \
+                -machine memory-backend=mem \
+                -chardev socket,id=c1,path=/tmp/fs-root.sock -device vhost-user-fs-device,chardev=c1,tag=hostroot \
+                -chardev socket,id=c2,path=/tmp/fs-cwd.sock -device vhost-user-fs-device,chardev=c2,tag=cwd \
+                -kernel vmlinux -append '$FSC'" 2>$log.err)
+    fi
+    rc=$?
+    echo "BENCH $1 $2 fs-true $t rc=$rc"
 }
 
 SHELL="while read line; do eval \$line; done"
@@ -175,6 +208,7 @@ io() {  # io VMM RUN
 # for TCG translating its code and for L1's first page faults.
 for v in vmm qemu; do
     case ",$ONLY," in *,spawn,*) spawn $v 0 ;; esac
+    case ",$ONLY," in *,fs,*) fsrun $v 0 ;; esac
 done
 case ",$ONLY," in *,snap,*) snap_take; shell_boot 0; snap_restore 0 ;; esac
 i=$FIRST
@@ -186,6 +220,9 @@ while [ $i -le $LAST ]; do
     done
     for v in $order; do
         case ",$ONLY," in *,io,*) io $v $i ;; esac
+    done
+    for v in $order; do
+        case ",$ONLY," in *,fs,*) fsrun $v $i ;; esac
     done
     case ",$ONLY," in *,snap,*)
         if [ $((i % 2)) = 1 ]; then shell_boot $i; snap_restore $i
@@ -235,6 +272,29 @@ def build_job(job, args):
     subprocess.run(["debugfs", "-w", "-R", "set_inode_field /bin/iobench mode 0100755", rootfs],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     copy_qemu(job)
+    if "fs" in args.only.split(","):
+        copy_virtiofsd(job)
+
+
+def copy_virtiofsd(job):
+    """virtiofsd (vmm's --fs back end, and QEMU's), its libraries into lib/, a wrapper that
+    starts it through their loader, and vmm-run's guest init."""
+    out = subprocess.run(["bash", "-c", f". '{ROOT}/resources/lib.sh' && vmm_init"], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.strip()
+    shutil.copy(out, os.path.join(job, "vmm-init"))
+    binary = shutil.which("virtiofsd") or os.path.expanduser("~/.cargo/bin/virtiofsd")
+    shutil.copy(binary, os.path.join(job, "virtiofsd.bin"))
+    ldd = subprocess.run(["ldd", binary], check=True, stdout=subprocess.PIPE, text=True).stdout
+    for line in ldd.splitlines():
+        m = re.search(r"(/\S+) \(0x", line)
+        if m:
+            path = m.group(1)
+            shutil.copy(os.path.realpath(path), os.path.join(job, "lib", os.path.basename(path)))
+    wrapper = os.path.join(job, "virtiofsd")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\nexec /job/lib/ld-linux-x86-64.so.2 --library-path /job/lib '
+                '/job/virtiofsd.bin "$@"\n')
+    os.chmod(wrapper, 0o755)
 
 
 def write_job_script(job, args, first, last):
@@ -271,6 +331,11 @@ def parse(console):
             uptime = float(up[0]) if up else None
             add(name, "spawn", found_ns / 1e6)
             spawns.append((name, run, found_ns / 1e6, uptime))
+        elif kind == "fs-true":
+            found_ns = int(f[4])
+            if found_ns < 0 or f[6] != "rc=0":
+                raise RuntimeError(f"an fs run failed: {line}")
+            add(name, kind, found_ns / 1e6)
         elif kind in ("shell-boot", "snap-restore"):
             found_ns = int(f[4])
             if found_ns < 0:
@@ -317,6 +382,8 @@ ROWS = [
     ("blk-4k", "virtio-blk 4 KiB random reads, O_DIRECT, 1 in flight", "req/s"),
     ("net-rx", "TCP L1 → guest (HTTP GET from busybox httpd)", "MiB/s"),
     ("net-tx", "TCP guest → L1", "MiB/s"),
+    ("fs-true", "spawn → `true` ran, L1's root as the guest's root on virtio-fs (virtiofsd)",
+     "ms"),
 ]
 
 
@@ -384,7 +451,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--per-boot", type=int, default=5,
                     help="runs per test-host boot (each boot adds about 15 s)")
-    ap.add_argument("--only", default="spawn,io", help="comma-separated: spawn,io,snap")
+    ap.add_argument("--only", default="spawn,io", help="comma-separated: spawn,io,snap,fs")
     ap.add_argument("--blk-mb", type=int, default=32)
     ap.add_argument("--blk-ops", type=int, default=200)
     ap.add_argument("--net-mb", type=int, default=16, help="MiB L1 → guest")
