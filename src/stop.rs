@@ -8,8 +8,9 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use devices::power::StopTrigger;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Why the VM stopped.
@@ -120,6 +121,17 @@ impl VmStop {
         if let Err(e) = self.evt.write(1) {
             log::error!("cannot wake the event loop: {e}");
         }
+    }
+
+    /// A trigger for a device (the i8042's reset line, the ACPI power-off, pvpanic, a
+    /// virtio-fs back end gone) that records `reason` on the thread that pulls it: for a port
+    /// write, the vCPU's own, before that vCPU enters the guest again.
+    pub fn trigger(self: &Arc<Self>, reason: StopReason) -> StopTrigger {
+        let stop = self.clone();
+        StopTrigger::new(move || {
+            crate::timeline::mark(&format!("guest stop: {reason}"));
+            stop.request(reason.clone());
+        })
     }
 
     /// True once any exit has been requested.

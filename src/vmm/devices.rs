@@ -9,7 +9,7 @@ use boot::layout;
 use devices::debug_port::DebugPort;
 use devices::i8042::I8042Device;
 use devices::interrupt::EventFdTrigger;
-use devices::power::{AcpiSleep, GuestExitCode, PvPanic, StopTrigger};
+use devices::power::{AcpiSleep, GuestExitCode, PvPanic};
 use devices::serial::SerialDevice;
 use devices::virtio::mmio::MmioTransport;
 use devices::{Bus, IoBuses};
@@ -43,15 +43,6 @@ pub(super) struct Devices {
     pub helpers: Vec<crate::virtiofsd::Virtiofsd>,
 }
 
-/// A trigger that records `reason` as the VM's stop, on the vCPU thread that pulled it.
-pub(super) fn stop_trigger(stop: &Arc<VmStop>, reason: StopReason) -> StopTrigger {
-    let stop = stop.clone();
-    StopTrigger::new(move || {
-        timeline::mark(&format!("guest stop: {reason}"));
-        stop.request(reason.clone());
-    })
-}
-
 pub(super) fn create_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
@@ -83,7 +74,7 @@ pub(super) fn create_devices(
     .map_err(bus_err("the serial port"))?;
 
     // Each way the guest ends the VM: the device records it on the vCPU thread that asked.
-    let i8042 = I8042Device::new(stop_trigger(stop, StopReason::Reset));
+    let i8042 = I8042Device::new(stop.trigger(StopReason::Reset));
     pio.insert(
         "i8042",
         Arc::new(Mutex::new(i8042)),
@@ -91,7 +82,7 @@ pub(super) fn create_devices(
         devices::i8042::I8042_PORT_LEN,
     )
     .map_err(bus_err("the i8042 controller"))?;
-    let sleep = AcpiSleep::new(stop_trigger(stop, StopReason::Poweroff));
+    let sleep = AcpiSleep::new(stop.trigger(StopReason::Poweroff));
     pio.insert(
         "acpi-sleep",
         Arc::new(Mutex::new(sleep)),
@@ -99,7 +90,7 @@ pub(super) fn create_devices(
         1,
     )
     .map_err(bus_err("the ACPI sleep register"))?;
-    let pvpanic = PvPanic::new(stop_trigger(stop, StopReason::GuestPanic));
+    let pvpanic = PvPanic::new(stop.trigger(StopReason::GuestPanic));
     pio.insert(
         "pvpanic",
         Arc::new(Mutex::new(pvpanic)),

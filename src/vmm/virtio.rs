@@ -153,7 +153,7 @@ pub(super) fn attach(
                     "the virtio-fs back end for tag {:?} went away or failed; the VM stops",
                     fs.tag
                 ));
-                let gone = super::devices::stop_trigger(stop, gone);
+                let gone = stop.trigger(gone);
                 let device = Fs::new(&fs.tag, stream, gone).map_err(|source| Error::FsDevice {
                     tag: fs.tag.clone(),
                     source,
