@@ -64,16 +64,29 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// The virtiofsd the tests give vmm: `$VMM_VIRTIOFSD`, else the first on `PATH`, else
-/// `~/.cargo/bin/virtiofsd` (where `resources/install-deps.sh` puts it).
+/// `~/.cargo/bin/virtiofsd`; where there is none, `resources/install-deps.sh` installs it
+/// (once per test process, as the other resources/ scripts install what they need).
 pub fn virtiofsd() -> PathBuf {
-    vmm::virtiofsd::find()
-        .ok()
-        .or_else(|| {
+    fn look() -> Option<PathBuf> {
+        vmm::virtiofsd::find().ok().or_else(|| {
             let home = std::env::var_os("HOME")?;
             let path = PathBuf::from(home).join(".cargo/bin/virtiofsd");
             path.is_file().then_some(path)
         })
-        .expect("virtiofsd is installed (resources/install-deps.sh: cargo install virtiofsd)")
+    }
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            look().unwrap_or_else(|| {
+                let status = Command::new("bash")
+                    .arg(root().join("resources/install-deps.sh"))
+                    .status()
+                    .expect("run resources/install-deps.sh");
+                assert!(status.success(), "resources/install-deps.sh failed");
+                look().expect("virtiofsd after resources/install-deps.sh")
+            })
+        })
+        .clone()
 }
 
 /// vmm-run's guest init (resources/guest-tools/vmm-init.c), built into the cache.
