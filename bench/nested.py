@@ -240,17 +240,22 @@ def resource(script):
     return out.strip().splitlines()[-1]
 
 
-def copy_qemu(job):
-    """QEMU, every shared library ldd lists (the loader too), and the firmware microvm needs."""
-    os.makedirs(os.path.join(job, "lib"))
-    os.makedirs(os.path.join(job, "fw"))
-    shutil.copy(QEMU_BIN, job)
-    ldd = subprocess.run(["ldd", QEMU_BIN], check=True, stdout=subprocess.PIPE, text=True).stdout
+def copy_libs(binary, job):
+    """Every shared library `ldd` lists for `binary` (the loader too) into the job's lib/."""
+    ldd = subprocess.run(["ldd", binary], check=True, stdout=subprocess.PIPE, text=True).stdout
     for line in ldd.splitlines():
         m = re.search(r"(/\S+) \(0x", line)
         if m:
             path = m.group(1)
             shutil.copy(os.path.realpath(path), os.path.join(job, "lib", os.path.basename(path)))
+
+
+def copy_qemu(job):
+    """QEMU, every shared library ldd lists (the loader too), and the firmware microvm needs."""
+    os.makedirs(os.path.join(job, "lib"))
+    os.makedirs(os.path.join(job, "fw"))
+    shutil.copy(QEMU_BIN, job)
+    copy_libs(QEMU_BIN, job)
     for fw in QEMU_FIRMWARE:
         shutil.copy(os.path.realpath(fw), os.path.join(job, "fw", os.path.basename(fw)))
 
@@ -284,12 +289,7 @@ def copy_virtiofsd(job):
     shutil.copy(out, os.path.join(job, "vmm-init"))
     binary = shutil.which("virtiofsd") or os.path.expanduser("~/.cargo/bin/virtiofsd")
     shutil.copy(binary, os.path.join(job, "virtiofsd.bin"))
-    ldd = subprocess.run(["ldd", binary], check=True, stdout=subprocess.PIPE, text=True).stdout
-    for line in ldd.splitlines():
-        m = re.search(r"(/\S+) \(0x", line)
-        if m:
-            path = m.group(1)
-            shutil.copy(os.path.realpath(path), os.path.join(job, "lib", os.path.basename(path)))
+    copy_libs(binary, job)
     wrapper = os.path.join(job, "virtiofsd")
     with open(wrapper, "w") as f:
         f.write('#!/bin/sh\nexec /job/lib/ld-linux-x86-64.so.2 --library-path /job/lib '

@@ -3,23 +3,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::api::{socket_path, vmm_args, ApiVm, LIMIT};
-
-/// The pids of the virtiofsd processes serving `dir` (by their command line).
-fn virtiofsd_for(dir: &Path) -> Vec<i32> {
-    let out = Command::new("pgrep")
-        .args(["-f", &format!("shared-dir {}", dir.display())])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
+use common::virtiofsd_for;
 
 /// virtiofsd killed while the guest runs: vmm ends within 5 s with exit code 1, saying which
 /// share went away; it does not wait on a back end that will never answer.

@@ -327,15 +327,6 @@ fn a_restored_disk_continues_its_queue_and_its_writes_reach_the_image() {
     assert_refused(&dir, "disk missing", &image.display().to_string());
 }
 
-/// The virtiofsd processes serving `dir` (by their command line).
-fn virtiofsd_for(dir: &Path) -> usize {
-    let out = Command::new("pgrep")
-        .args(["-f", &format!("shared-dir {}", dir.display())])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 /// A VM with a shared directory cannot be snapshotted yet (virtiofsd's open files are not
 /// carried): the request is refused, saying why, and the VM runs on. The virtiofsd vmm started
 /// is listed by `GET /vm` and gone once vmm ends.
@@ -352,7 +343,11 @@ fn a_vm_with_a_shared_directory_refuses_snapshots_and_its_virtiofsd_ends_with_it
     std::env::set_var("VMM_VIRTIOFSD", &virtiofsd);
     let mut vm = ApiVm::spawn(sock.clone(), &args);
     vm.wait_for("lines: ready\n");
-    assert_eq!(virtiofsd_for(&shared), 1, "vmm started one virtiofsd");
+    assert_eq!(
+        common::virtiofsd_for(&shared).len(),
+        1,
+        "vmm started one virtiofsd"
+    );
     let (code, answer) = curl(&sock, "GET", "/vm", None);
     assert_eq!(code, 200);
     let devices = &json(&answer)["devices"];
@@ -375,5 +370,9 @@ fn a_vm_with_a_shared_directory_refuses_snapshots_and_its_virtiofsd_ends_with_it
     assert_eq!(curl(&sock, "PUT", "/vm/stop", None).0, 204);
     let (status, stderr) = vm.wait(LIMIT);
     assert_eq!(status, Some(0), "{stderr}");
-    assert_eq!(virtiofsd_for(&shared), 0, "virtiofsd outlived vmm");
+    assert_eq!(
+        common::virtiofsd_for(&shared),
+        Vec::<i32>::new(),
+        "virtiofsd outlived vmm"
+    );
 }

@@ -89,6 +89,18 @@ pub fn virtiofsd() -> PathBuf {
         .clone()
 }
 
+/// The pids of the virtiofsd processes serving `dir` (found by their command line).
+pub fn virtiofsd_for(dir: &Path) -> Vec<i32> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("shared-dir {}", dir.display())])
+        .output()
+        .expect("run pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// vmm-run's guest init (resources/guest-tools/vmm-init.c), built into the cache.
 pub fn vmm_init() -> PathBuf {
     let out = Command::new("bash")
