@@ -31,6 +31,14 @@ against each other, and not compared in the table). Rows:
                (read-only) and a working directory shared writable: vmm with its --fs
                (starting virtiofsd itself), QEMU with vhost-user-fs-device, guest RAM a shared
                memfd, and the same virtiofsd started by the timed command
+  fs-*, ext4-* (--only fsio) the same boot (root on virtio-fs) runs `iobench fs` (bench/nested/
+               iobench.c) on data `iobench mktree` made: 2,000 files of 1-16 KiB read
+               (tree: walk, open, read, close), a 64 MiB file read and its SHA-256 checked
+               (big: time in read(2)), 64 MiB written and fsync()ed (write); fs-* on the
+               writable virtio-fs share (the data made in L1's tmpfs at each test-host
+               boot), ext4-* for context on an ext4 image with the same files (made on this
+               machine with mkfs.ext4 -d, in L1's tmpfs) as a virtio-blk disk, mounted in
+               the guest; timed in the guest (kvm-clock)
   shell-*      vmm alone (a table of its own; --only snap): cold boot of the root disk →
                the output of the command its init's shell runs (vmmcmd `echo SNAP-$((6*7))`),
                against restore of a snapshot of that shell waiting for a line (vmmcmd a loop
@@ -58,7 +66,7 @@ cost comes when the memory is freed, at the end of the run that used it (after i
 VMM-INIT-OK), so each run starts on clean memory, the same for both VMMs. `--l1-args ""`
 measures without it.
 
-Usage: bench/nested.py [--runs N] [--per-boot N] [--only spawn,io,snap,fs] [--vmm PATH] [--keep DIR]
+Usage: bench/nested.py [--runs N] [--per-boot N] [--only spawn,io,snap,fs,fsio] [--vmm PATH] [--keep DIR]
                        [--l1-args ARGS]
 """
 
@@ -116,21 +124,21 @@ spawn() {  # spawn VMM RUN
     echo "BENCH $1 $2 spawn $t rc=$rc $(grep -a -o 'VMM-INIT-OK uptime=[0-9.]*' $log.log)"
 }
 
-# The fs row: the command `true` in a VM whose root is L1's root on virtio-fs (read-only) and
-# whose working directory is shared writable, as resources/vmm-run does; QEMU with the same
-# virtiofsd (started by the timed command, as vmm starts its own), guest RAM a shared memfd.
+# The fs rows: a VM whose root is L1's root on virtio-fs (read-only) and whose working directory
+# is shared writable, as resources/vmm-run does; QEMU with the same virtiofsd (started by the
+# timed command, as vmm starts its own), guest RAM a shared memfd.
 hex() { printf '%s' "$1" | od -An -tx1 -v | tr -d ' \n'; }
-mkdir -p fswork
-FSC="$C root=hostroot rootfstype=virtiofs ro init=/job/vmm-init vmm.cwd=$(hex /job/fswork) vmm.cmd=$(hex 'true; echo FS-TRUE-DONE')"
-fsrun() {  # fsrun VMM RUN
-    log=$OUT/fs-$1-$2
+mkdir -p fswork/mnt
+case ",$ONLY," in *,fsio,*) ./iobench mktree fswork/data @FS_FILES@ @FS_MB@ | sed 's/^/BENCH-DATA /' ;; esac
+fsboot() {  # fsboot VMM LOG NEEDLE COMMAND [DISK]: spawn-until's output; DISK is /dev/vda
+    FSC="$C root=hostroot rootfstype=virtiofs ro init=/job/vmm-init vmm.cwd=$(hex /job/fswork) vmm.cmd=$(hex "$4")"
     if [ $1 = vmm ]; then
-        t=$(VMM_VIRTIOFSD=/job/virtiofsd ./spawn-until -o $log.log -t 120 FS-TRUE-DONE ./vmm \
+        VMM_VIRTIOFSD=/job/virtiofsd ./spawn-until -o $2.log -t 300 $3 ./vmm \
             --kernel vmlinux --memory $MEM --cpus 1 --fs tag=hostroot,path=/,ro \
-            --fs tag=cwd,path=/job/fswork --cmdline "$FSC" 2>$log.err)
+            --fs tag=cwd,path=/job/fswork ${5:+--drive path=$5} --cmdline "$FSC" 2>$2.err
     else
         rm -f /tmp/fs-root.sock /tmp/fs-cwd.sock
-        t=$(./spawn-until -o $log.log -t 120 FS-TRUE-DONE sh -c "
+        ./spawn-until -o $2.log -t 300 $3 sh -c "
             ./virtiofsd --socket-path /tmp/fs-root.sock --shared-dir / --readonly --sandbox chroot --log-level error &
             ./virtiofsd --socket-path /tmp/fs-cwd.sock --shared-dir /job/fswork --sandbox chroot --log-level error &
             while [ ! -S /tmp/fs-root.sock ] || [ ! -S /tmp/fs-cwd.sock ]; do :; done
@@ -138,10 +146,30 @@ fsrun() {  # fsrun VMM RUN
                 -machine memory-backend=mem \
                 -chardev socket,id=c1,path=/tmp/fs-root.sock -device vhost-user-fs-device,chardev=c1,tag=hostroot \
                 -chardev socket,id=c2,path=/tmp/fs-cwd.sock -device vhost-user-fs-device,chardev=c2,tag=cwd \
-                -kernel vmlinux -append '$FSC'" 2>$log.err)
+                ${5:+-drive id=d0,file=$5,format=raw,if=none -device virtio-blk-device,drive=d0} \
+                -kernel vmlinux -append '$FSC'" 2>$2.err
+    fi
+}
+fsrun() {  # fsrun VMM RUN: spawn → `true` ran
+    t=$(fsboot $1 $OUT/fs-$1-$2 FS-TRUE-DONE 'true; echo FS-TRUE-DONE')
+    echo "BENCH $1 $2 fs-true $t rc=$?"
+}
+fsio() {  # fsio VMM RUN fs|ext4: iobench fs on the virtio-fs share, or on an ext4 virtio-blk disk
+    log=$OUT/fsio-$3-$1-$2
+    if [ $3 = fs ]; then
+        fsboot $1 $log FS-IO-DONE "/job/iobench fs /job/fswork/data @FS_MB@; echo FS-IO-DONE" >/dev/null
+    else
+        fsboot $1 $log FS-IO-DONE "mount -t ext4 /dev/vda /job/fswork/mnt && /job/iobench fs /job/fswork/mnt @FS_MB@; umount /job/fswork/mnt; echo FS-IO-DONE" data.ext4 >/dev/null
     fi
     rc=$?
-    echo "BENCH $1 $2 fs-true $t rc=$rc"
+    line=$(tr -d '\r' < $log.log | grep -a '^IOBENCH fs')
+    if [ $rc != 0 ] || [ -z "$line" ]; then
+        # Seen with QEMU in L1 (no output at all): this boot's results are dropped and it is
+        # run again (see --retries).
+        echo "BENCH-FAILED $1 $2 fsio on=$3 rc=$rc"; tail -c 2000 $log.log; cat $log.err
+        exit 1
+    fi
+    echo "BENCH $1 $2 fsio rc=$rc on=$3 $line"
 }
 
 SHELL="while read line; do eval \$line; done"
@@ -208,7 +236,7 @@ io() {  # io VMM RUN
 # for TCG translating its code and for L1's first page faults.
 for v in vmm qemu; do
     case ",$ONLY," in *,spawn,*) spawn $v 0 ;; esac
-    case ",$ONLY," in *,fs,*) fsrun $v 0 ;; esac
+    case ",$ONLY," in *,fs,*|*,fsio,*) fsrun $v 0 ;; esac
 done
 case ",$ONLY," in *,snap,*) snap_take; shell_boot 0; snap_restore 0 ;; esac
 i=$FIRST
@@ -223,6 +251,11 @@ while [ $i -le $LAST ]; do
     done
     for v in $order; do
         case ",$ONLY," in *,fs,*) fsrun $v $i ;; esac
+    done
+    for kind in fs ext4; do
+        for v in $order; do
+            case ",$ONLY," in *,fsio,*) fsio $v $i $kind ;; esac
+        done
     done
     case ",$ONLY," in *,snap,*)
         if [ $((i % 2)) = 1 ]; then shell_boot $i; snap_restore $i
@@ -277,8 +310,28 @@ def build_job(job, args):
     subprocess.run(["debugfs", "-w", "-R", "set_inode_field /bin/iobench mode 0100755", rootfs],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     copy_qemu(job)
-    if "fs" in args.only.split(","):
+    only = args.only.split(",")
+    if "fs" in only or "fsio" in only:
         copy_virtiofsd(job)
+    if "fsio" in only:
+        args.fs_sha256 = make_ext4(job, args)
+
+
+def make_ext4(job, args):
+    """data.ext4 for the ext4 fsio row: mkfs.ext4 -d of the tree and file `iobench mktree`
+    makes (the same bytes it makes in L1 for the virtio-fs row), with room for the 64 MiB
+    write. Returns the big file's SHA-256, which every guest's read must match."""
+    tmp = tempfile.mkdtemp(prefix="vmm-fsdata.")
+    try:
+        out = subprocess.run([os.path.join(job, "iobench"), "mktree", os.path.join(tmp, "d"),
+                              str(args.fs_files), str(args.fs_mb)], check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        size = 2 * args.fs_mb + args.fs_files * 20 // 1024 + 48
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", os.path.join(tmp, "d"),
+                        os.path.join(job, "data.ext4"), f"{size}M"], check=True)
+        return re.search(r"sha256=(\w+)", out).group(1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def copy_virtiofsd(job):
@@ -301,13 +354,14 @@ def write_job_script(job, args, first, last):
     script = JOB
     for key, value in {"FIRST": first, "LAST": last, "ONLY": args.only, "CMDLINE": CMDLINE,
                        "MEM": MEM_MIB, "BLK_MB": args.blk_mb, "BLK_OPS": args.blk_ops,
-                       "NET_MB": args.net_mb, "NET_TX_MB": args.net_tx_mb, "MAC": GUEST_MAC}.items():
+                       "NET_MB": args.net_mb, "NET_TX_MB": args.net_tx_mb, "MAC": GUEST_MAC,
+                       "FS_FILES": args.fs_files, "FS_MB": args.fs_mb}.items():
         script = script.replace(f"@{key}@", str(value))
     with open(os.path.join(job, "job.sh"), "w") as f:
         f.write(script)
 
 
-def parse(console):
+def parse(console, args):
     """{vmm|qemu: {row: [values]}}, per-run spawn details, and the L1 description lines."""
     results = {"vmm": {}, "qemu": {}}
     spawns = []
@@ -336,6 +390,16 @@ def parse(console):
             if found_ns < 0 or f[6] != "rc=0":
                 raise RuntimeError(f"an fs run failed: {line}")
             add(name, kind, found_ns / 1e6)
+        elif kind == "fsio":
+            kv = dict(x.split("=", 1) for x in f[4:] if "=" in x)
+            want = {"rc": "0", "files": str(args.fs_files), "big_bytes": str(args.fs_mb << 20),
+                    "sha256": args.fs_sha256}
+            if any(kv.get(k) != v for k, v in want.items()):
+                raise RuntimeError(f"an fsio run failed or read wrong data: {line}")
+            on = kv["on"]
+            add(name, f"{on}-tree", int(kv["tree_ns"]) / 1e6)
+            add(name, f"{on}-big", args.fs_mb / (int(kv["big_ns"]) / 1e9))
+            add(name, f"{on}-write", int(kv["write_mib"]) / (int(kv["write_ns"]) / 1e9))
         elif kind in ("shell-boot", "snap-restore"):
             found_ns = int(f[4])
             if found_ns < 0:
@@ -384,6 +448,12 @@ ROWS = [
     ("net-tx", "TCP guest → L1", "MiB/s"),
     ("fs-true", "spawn → `true` ran, L1's root as the guest's root on virtio-fs (virtiofsd)",
      "ms"),
+    ("fs-tree", "virtio-fs: read 2,000 small files (1–16 KiB, 17 MiB)", "ms"),
+    ("fs-big", "virtio-fs: read a 64 MiB file (time in read(2); SHA-256 checked)", "MiB/s"),
+    ("fs-write", "virtio-fs: write 64 MiB + fsync", "MiB/s"),
+    ("ext4-tree", "ext4 on virtio-blk: read the same 2,000 files", "ms"),
+    ("ext4-big", "ext4 on virtio-blk: read the same 64 MiB file", "MiB/s"),
+    ("ext4-write", "ext4 on virtio-blk: write 64 MiB + fsync", "MiB/s"),
 ]
 
 
@@ -451,7 +521,10 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--per-boot", type=int, default=5,
                     help="runs per test-host boot (each boot adds about 15 s)")
-    ap.add_argument("--only", default="spawn,io", help="comma-separated: spawn,io,snap,fs")
+    ap.add_argument("--only", default="spawn,io",
+                    help="comma-separated: spawn,io,snap,fs,fsio")
+    ap.add_argument("--fs-files", type=int, default=2000, help="fsio: small files to read")
+    ap.add_argument("--fs-mb", type=int, default=64, help="fsio: MiB of the big file and the write")
     ap.add_argument("--blk-mb", type=int, default=32)
     ap.add_argument("--blk-ops", type=int, default=200)
     ap.add_argument("--net-mb", type=int, default=16, help="MiB L1 → guest")
@@ -481,13 +554,14 @@ def main():
     load_before = os.getloadavg()[0]
     t0 = time.monotonic()
     first = 1
+    per_run = 120 + (240 if "fsio" in args.only.split(",") else 0)  # seconds, for --stall's limit
     while first <= args.runs:
         last = min(first + args.per_boot - 1, args.runs)
         write_job_script(job, args, first, last)
         for attempt in range(args.retries + 1):
             print(f"test-host boot for runs {first}–{last}", file=sys.stderr)
             text, finished = run_testhost(job, work, env, args.stall,
-                                          120 + 120 * (last - first + 1),
+                                          120 + per_run * (last - first + 1),
                                           os.path.join(work, "console.log"))
             boots += 1
             if finished:
@@ -500,7 +574,7 @@ def main():
         first = last + 1
     elapsed = time.monotonic() - t0
 
-    results, spawns, info = parse(console)
+    results, spawns, info = parse(console, args)
     for name in ("vmm", "qemu"):
         sink = results[name].pop("sink-bytes", [])
         if any(b != args.net_tx_mb << 20 for b in sink):

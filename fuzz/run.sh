@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
         *) targets+=("$1"); shift ;;
     esac
 done
-all=(mmio_registers blk_chains net_chains rng_chains kernel_loader initrd_placement snapshot_reader)
+all=(mmio_registers blk_chains net_chains rng_chains vsock_packets kernel_loader initrd_placement snapshot_reader)
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
 if ! command -v cargo-fuzz >/dev/null; then

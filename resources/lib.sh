@@ -36,24 +36,32 @@ guest_exit_port() {
 }
 
 # install_guest_tools BINDIR: puts vmm's guest tools into a guest image's BINDIR: `vmm-exit N`
-# (resources/guest-tools/vmm-exit.c, compiled statically with the port from layout.rs) and
-# `vmm-run-cmd`, which runs `vmmcmd="…"` and passes its status through vmm-exit.
+# (resources/guest-tools/vmm-exit.c, compiled statically with the port from layout.rs),
+# `vmm-vsock` (vmm-vsock.c: vsock connections, for tests and examples) and `vmm-run-cmd`,
+# which runs `vmmcmd="…"` and passes its status through vmm-exit.
 install_guest_tools() {
     local port tools
     port=$(guest_exit_port)
     tools="$(dirname "${BASH_SOURCE[0]}")/guest-tools"
     [ -n "$port" ] || { echo "error: no GUEST_EXIT_CODE_PORT in boot/src/layout.rs" >&2; return 1; }
     gcc -static -O2 -s -DVMM_EXIT_PORT="$port" -o "$1/vmm-exit" "$tools/vmm-exit.c"
+    gcc -static -O2 -s -o "$1/vmm-vsock" "$tools/vmm-vsock.c"
     install -m 0755 "$tools/vmm-run-cmd" "$1/vmm-run-cmd"
 }
 
 # vmm_init: builds resources/guest-tools/vmm-init.c (static, with the exit-code port from
 # layout.rs) into the cache, keyed by its source and the port, and prints its path.
 vmm_init() {
+    guest_tool vmm-init
+}
+
+# guest_tool NAME: builds resources/guest-tools/NAME.c as vmm_init does (for the host side of
+# a test: vmm-vsock) and prints its path.
+guest_tool() {
     local src key out
-    src="$(dirname "${BASH_SOURCE[0]}")/guest-tools/vmm-init.c"
+    src="$(dirname "${BASH_SOURCE[0]}")/guest-tools/$1.c"
     key=$( (guest_exit_port; cat "$src") | sha256sum | cut -c1-16)
-    out="$VMM_CACHE/vmm-init-$key"
+    out="$VMM_CACHE/$1-$key"
     if [ ! -x "$out" ]; then
         mkdir -p "$VMM_CACHE"
         gcc -static -O2 -s -DVMM_EXIT_PORT="$(guest_exit_port)" -o "$out.tmp" "$src"

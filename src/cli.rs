@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{
-    DiskConfig, FsBackend, FsConfig, NetConfig, RestoreConfig, VirtioConfig, VmConfig,
+    DiskConfig, FsBackend, FsConfig, NetConfig, RestoreConfig, VirtioConfig, VmConfig, VsockConfig,
 };
 
 /// Default kernel command line: serial console on COM1, reboot through the i8042 keyboard
@@ -74,6 +74,15 @@ pub struct Cli {
     #[arg(long = "fs", value_name = "tag=TAG,path=DIR[,ro]", value_parser = parse_fs,
           conflicts_with = "restore")]
     pub fs: Vec<FsConfig>,
+
+    /// Sockets between host and guest (virtio-vsock), with Firecracker's host side:
+    /// `cid=N,uds=PATH`. A host program connects to the Unix socket PATH (created by vmm,
+    /// mode 0600, removed when it ends) and writes `CONNECT <port>\n`; vmm answers
+    /// `OK <host port>\n` once the guest accepted. A guest connection to CID 2, port P goes to
+    /// the Unix socket `PATH_P`, where a host program listens. cid defaults to 3. With
+    /// --restore: `uds=PATH` gives the snapshot's device a new socket (cid is the snapshot's).
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockArg>,
 
     /// Print a boot timeline on stderr: milliseconds since the VMM started, for each phase,
     /// and each byte the guest writes to the debug port 0x80.
@@ -147,6 +156,7 @@ impl Cli {
                 api_socket: self.api_socket,
                 exit_stats: self.exit_stats,
                 seccomp,
+                vsock: self.vsock.map(|v| (v.cid, v.uds)),
             });
         };
         // The root disk comes first (/dev/vda), then the drives, the network interfaces and
@@ -160,13 +170,24 @@ impl Cli {
         let nets = self.nets.into_iter().map(VirtioConfig::Net);
         let fs = self.fs.into_iter().map(VirtioConfig::Fs);
         let rng = (!self.no_rng).then_some(VirtioConfig::Rng);
+        let vsock = self.vsock.map(|v| {
+            VirtioConfig::Vsock(VsockConfig {
+                cid: v.cid.unwrap_or(DEFAULT_VSOCK_CID),
+                uds: v.uds,
+            })
+        });
         Command::Boot(VmConfig {
             kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
             memory_mib: self.memory,
             cpus: self.cpus,
-            devices: disks.chain(nets).chain(fs).chain(rng).collect(),
+            devices: disks
+                .chain(nets)
+                .chain(fs)
+                .chain(rng)
+                .chain(vsock)
+                .collect(),
             root_disk: self.rootfs.is_some(),
             kvm_path,
             api_socket: self.api_socket,
@@ -195,6 +216,40 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
     }
     let tap = tap.ok_or("missing tap=NAME; expected tap=NAME[,mac=MAC]")?;
     Ok(NetConfig { tap, mac })
+}
+
+/// `--vsock` as given: the CID is optional (the default for a boot, the snapshot's for a
+/// restore).
+#[derive(Debug, Clone)]
+pub struct VsockArg {
+    pub cid: Option<u64>,
+    pub uds: PathBuf,
+}
+
+/// The guest's CID when `--vsock` gives none: the first one a guest may have.
+pub const DEFAULT_VSOCK_CID: u64 = devices::virtio::vsock::MIN_GUEST_CID;
+
+fn parse_vsock(s: &str) -> Result<VsockArg, String> {
+    use devices::virtio::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
+    const EXPECTED: &str = "expected cid=N,uds=PATH";
+    let (mut cid, mut uds) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", n)) => match n.parse::<u64>() {
+                Ok(n) if (MIN_GUEST_CID..=MAX_GUEST_CID).contains(&n) => cid = Some(n),
+                _ => {
+                    return Err(format!(
+                        "cid={n:?}: a guest's CID is a number from {MIN_GUEST_CID} to \
+                         {MAX_GUEST_CID} (0-2 are reserved: 2 is the host)"
+                    ))
+                }
+            },
+            Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+            _ => return Err(format!("unknown vsock option {part:?}; {EXPECTED}")),
+        }
+    }
+    let uds = uds.ok_or(format!("missing uds=PATH; {EXPECTED}"))?;
+    Ok(VsockArg { cid, uds })
 }
 
 /// The longest mount tag virtio-fs carries (virtio 1.2 §5.11.4).
@@ -311,6 +366,7 @@ mod tests {
                 VirtioConfig::Net(_) => "net",
                 VirtioConfig::Fs(_) => "fs",
                 VirtioConfig::Rng => "rng",
+                VirtioConfig::Vsock(_) => "vsock",
             })
             .collect();
         assert_eq!(kinds, ["blk", "net", "fs", "fs", "rng"]);
@@ -521,6 +577,29 @@ mod tests {
                 .exit_code(),
             2
         );
+    }
+
+    #[test]
+    fn vsock_for_a_boot_and_a_restore() {
+        let Command::Boot(config) = parse(&["--kernel", "k", "--vsock", "uds=/tmp/v.sock"])
+            .unwrap()
+            .command(PathBuf::from("/dev/kvm"))
+        else {
+            panic!("a boot");
+        };
+        let vsock = VirtioConfig::Vsock(VsockConfig {
+            cid: DEFAULT_VSOCK_CID,
+            uds: "/tmp/v.sock".into(),
+        });
+        assert_eq!(config.devices.last(), Some(&vsock));
+        let Command::Restore(config) =
+            parse(&["--restore", "snap", "--vsock", "cid=9,uds=/tmp/w.sock"])
+                .unwrap()
+                .command(PathBuf::from("/dev/kvm"))
+        else {
+            panic!("a restore");
+        };
+        assert_eq!(config.vsock, Some((Some(9), PathBuf::from("/tmp/w.sock"))));
     }
 
     #[test]

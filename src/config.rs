@@ -41,6 +41,18 @@ pub enum VirtioConfig {
     Fs(FsConfig),
     /// The entropy device (on unless `--no-rng`).
     Rng,
+    /// Sockets between host and guest (`--vsock`).
+    Vsock(VsockConfig),
+}
+
+/// The virtio-vsock device (`--vsock cid=N,uds=PATH`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockConfig {
+    /// The guest's CID.
+    pub cid: u64,
+    /// The Unix socket host programs connect to; guest connections to host port P go to
+    /// `PATH_P`.
+    pub uds: PathBuf,
 }
 
 /// A directory shared with the guest through virtio-fs (`--fs tag=TAG,path=DIR[,ro]` or
@@ -88,4 +100,7 @@ pub struct RestoreConfig {
     pub api_socket: Option<PathBuf>,
     pub exit_stats: bool,
     pub seccomp: bool,
+    /// `--vsock` with `--restore`: a new socket path for the snapshot's vsock device, and the
+    /// CID if the user gave one (it must be the snapshot's).
+    pub vsock: Option<(Option<u64>, PathBuf)>,
 }

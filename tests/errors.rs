@@ -339,6 +339,41 @@ fn unusable_shared_directories() {
 }
 
 #[test]
+fn bad_vsock_options_and_socket_paths() {
+    let kernel = guest("pvh.elf").display().to_string();
+    let vsock = |spec: &str| vmm(&["--kernel", &kernel, "--vsock", spec], &[], None);
+    for (spec, says) in [
+        ("cid=2,uds=/tmp/v.sock", "a guest's CID is a number from 3"),
+        (
+            "cid=4294967295,uds=/tmp/v.sock",
+            "a guest's CID is a number from 3",
+        ),
+        ("cid=x,uds=/tmp/v.sock", "a guest's CID"),
+        ("cid=3", "missing uds=PATH"),
+        ("cid=3,uds=/tmp/v.sock,port=1", "unknown vsock option"),
+    ] {
+        let o = vsock(spec);
+        assert_eq!(o.code, Some(2), "--vsock {spec}: {}", o.stderr);
+        assert!(o.stderr.contains(says), "--vsock {spec}: {}", o.stderr);
+    }
+    // A path that is a regular file, in a directory that does not exist, or too long.
+    let file = scratch("vsock-is-a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let o = vsock(&format!("uds={}", file.display()));
+    assert_error(&o, 2, "--vsock uds");
+    assert!(o.stderr.contains("is not a socket"), "{}", o.stderr);
+    assert!(
+        file.exists(),
+        "vmm must not remove a file it did not create"
+    );
+    let o = vsock("uds=/nonexistent/dir/v.sock");
+    assert_error(&o, 2, "the directory /nonexistent/dir does not exist");
+    let o = vsock(&format!("uds=/tmp/{}", "x".repeat(120)));
+    assert_error(&o, 2, "a Unix socket's path at most");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
 fn unusable_disk_images() {
     let kernel = guest("pvh.elf").display().to_string();
     let o = vmm(

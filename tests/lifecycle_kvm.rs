@@ -61,7 +61,7 @@ fn an_error_after_the_vcpus_started_ends_run_with_it_and_no_thread_left() {
     let started = Instant::now();
     let err = vmm.run().expect_err("the API socket cannot be bound");
     let took = started.elapsed();
-    assert!(matches!(err, Error::ApiSocket(_)), "{err}");
+    assert!(matches!(err, Error::Socket(_)), "{err}");
     assert_eq!(err.exit_code(), 2, "{err}");
     assert!(
         took < Duration::from_secs(5),

@@ -320,33 +320,58 @@ echo "VMM-EXIT holder $?"
     all(no_kvm, no_testhost),
     ignore = "needs /dev/kvm or qemu-system-x86_64 (for the nested test host)"
 )]
-fn linux_network_ping_and_a_mebibyte_each_way_over_tcp() {
-    let Some(mode) = job_mode("linux_network_ping_and_a_mebibyte_each_way_over_tcp", 1) else {
+fn linux_network_and_vsock_both_ways() {
+    let Some(mode) = job_mode("linux_network_and_vsock_both_ways", 1) else {
         return;
     };
     // The guest fetches a file from the host side's HTTP server and serves one back; the host
     // side pings it and fetches that. busybox's httpd and wget, over virtio-net and the TAP.
+    // The same guest has a vsock device: 64 MiB each way (SHA-256 compared), 100 connections
+    // at once each way (to echo servers, every byte checked), a port nobody listens on each
+    // way, and a host program that stops reading while the guest sends (vmm's memory must
+    // not grow by the guest's 64 MiB). Linux's virtio_vsock driver, vmm-vsock on both sides.
     // (`\$`: the test host's shell passes the `$` on to the guest's.)
     let guest_cmd = "ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up; \
         wget -q -O /tmp/got http://10.0.2.1:8080/to-guest; echo GUEST-GOT \\$(sha256sum /tmp/got); \
         mkdir /tmp/www; dd if=/dev/urandom of=/tmp/www/from-guest bs=1024 count=1024 2>/dev/null; \
         echo GUEST-SENT \\$(sha256sum /tmp/www/from-guest); httpd -p 8081 -h /tmp/www; \
+        vmm-vsock echo-server vsock:5001 >/dev/null & \
+        (echo GUEST-VSOCK-GOT \\$(vmm-vsock listen vsock:5000 </dev/null | sha256sum)) & \
+        (vmm-vsock gen 67108864 3 | vmm-vsock listen vsock:5002 >/dev/null) & \
+        vmm-vsock gen 67108864 7 | vmm-vsock connect vsock:2:6000 >/dev/null; \
+        echo GUEST-VSOCK-SENT-RC \\$?; vmm-vsock clients vsock:2:6001 100 65536; \
+        vmm-vsock connect vsock:2:6999 </dev/null; echo GUEST-VSOCK-REFUSED-RC \\$?; \
         echo VMM-NET-UP; sleep 600";
     let run = Job::new("net")
         .default_guest()
+        .file("vmm-vsock", &common::guest_tool("vmm-vsock"))
         .script(&format!(
             r#"tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
 mkdir www && dd if=/dev/urandom of=www/to-guest bs=1024 count=1024 2>/dev/null
 echo "HOST-SENT $(sha256sum www/to-guest)"
 httpd -p 10.0.2.1:8080 -h www
 cp rootfs.ext4 net.ext4
-./vmm --kernel vmlinux --memory {MEMORY_MIB} --rootfs net.ext4 --net tap=tap0 --cmdline "{JOB_CMDLINE} vmmcmd=\"{guest_cmd}\"" > net.log 2>&1 &
+v=$PWD/v.sock
+echo "VSOCK-FROM-GUEST-WANT $(./vmm-vsock gen 67108864 7 | sha256sum)"
+echo "VSOCK-TO-GUEST-WANT $(./vmm-vsock gen 67108864 5 | sha256sum)"
+(echo "VSOCK-FROM-GUEST-GOT $(./vmm-vsock listen unix:${{v}}_6000 </dev/null 2>/dev/null | sha256sum)") &
+./vmm-vsock echo-server unix:${{v}}_6001 >/dev/null &
+./vmm --kernel vmlinux --memory {MEMORY_MIB} --rootfs net.ext4 --net tap=tap0 --vsock cid=3,uds=$v --cmdline "{JOB_CMDLINE} vmmcmd=\"{guest_cmd}\"" > net.log 2>&1 &
 vmm=$!
 i=0; while ! grep -q VMM-NET-UP net.log && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
 ping -c 3 -W 5 10.0.2.15 && echo HOST-PING-OK
 wget -q -O from-guest http://10.0.2.15:8081/from-guest
 echo "HOST-GOT $(sha256sum from-guest)"
+./vmm-vsock gen 67108864 5 | ./vmm-vsock connect fc:$v:5000 >/dev/null; echo "HOST-VSOCK-SENT-RC $?"
+./vmm-vsock clients fc:$v:5001 100 65536
+./vmm-vsock connect fc:$v:5999 </dev/null; echo "HOST-VSOCK-REFUSED-RC $?"
+echo "HOST-RSS-BEFORE $(grep RssAnon /proc/$vmm/status)"
+./vmm-vsock hold fc:$v:5002 & hold=$!
+sleep 3
+echo "HOST-RSS-HOLDING $(grep RssAnon /proc/$vmm/status)"
+kill $hold
 kill -TERM $vmm; wait $vmm; rc=$?
+[ -e $v ] && echo "VSOCK-SOCKET-LEFT"
 cat net.log
 echo "VMM-EXIT net $rc"
 "#
@@ -369,6 +394,48 @@ echo "VMM-EXIT net $rc"
         "guest → host"
     );
     assert_eq!(boot(&run, "net").1, 0, "{}", run.console);
+
+    // vsock.
+    assert_eq!(
+        hash_after("VSOCK-FROM-GUEST-WANT "),
+        hash_after("VSOCK-FROM-GUEST-GOT "),
+        "64 MiB guest → host"
+    );
+    assert_eq!(
+        hash_after("VSOCK-TO-GUEST-WANT "),
+        hash_after("GUEST-VSOCK-GOT "),
+        "64 MiB host → guest"
+    );
+    assert_eq!(line_value(&run.console, "GUEST-VSOCK-SENT-RC "), "0");
+    assert_eq!(line_value(&run.console, "HOST-VSOCK-SENT-RC "), "0");
+    let clients: Vec<_> = run.console.matches("VSOCK-CLIENTS ok=100 of 100").collect();
+    assert_eq!(
+        clients.len(),
+        2,
+        "100 connections each way:\n{}",
+        run.console
+    );
+    // A port nobody listens on: the guest's connect is refused, the host's connection closed.
+    assert_eq!(line_value(&run.console, "GUEST-VSOCK-REFUSED-RC "), "111");
+    assert_eq!(line_value(&run.console, "HOST-VSOCK-REFUSED-RC "), "111");
+    let kib = |prefix: &str| -> u64 {
+        let value = line_value(&run.console, prefix);
+        value
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no RssAnon after {prefix:?}: {value:?}"))
+    };
+    let grown = kib("HOST-RSS-HOLDING ").saturating_sub(kib("HOST-RSS-BEFORE "));
+    assert!(
+        grown < 16 << 10,
+        "a host reader that stops made vmm grow by {grown} KiB (the cap is {} KiB a connection)",
+        devices::virtio::vsock::CONN_BUF_ALLOC >> 10
+    );
+    assert!(
+        !run.console.contains("VSOCK-SOCKET-LEFT"),
+        "vmm left its --vsock socket"
+    );
 }
 
 #[test]

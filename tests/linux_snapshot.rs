@@ -1,9 +1,10 @@
 //! Snapshot and restore of a real Linux guest (the default kernel and root disk, with
 //! virtio-blk and virtio-net), where this host allows a full boot: right here on hardware
-//! virtualization, or in the nested test host (see tests/linux.rs). The guest (2 vCPUs) is
-//! booted to a shell that runs each line typed on its console, paused and snapshotted through the API,
-//! its VMM killed; a new VMM restores it, and the shell answers the next line, a file it
-//! writes reaches the disk image, and it pings the host over the same TAP.
+//! virtualization, or in the nested test host (see tests/linux.rs). The guest (2 vCPUs, with a
+//! vsock device) is booted to a shell that runs each line typed on its console, paused and
+//! snapshotted through the API, its VMM killed; a new VMM restores it, and the shell answers the
+//! next line, a file it writes reaches the disk image, it pings the host over the same TAP, its
+//! vsock connection from before the snapshot is reset and new ones work both ways.
 //!
 //! The API client in the job is tests/guests/tools/vmm-api.c: the test host has no curl (the
 //! API tests on this machine use curl).
@@ -44,11 +45,13 @@ fn linux_restored_from_a_snapshot_answers_writes_its_disk_and_pings() {
     let run = Job::new("snapshot")
         .default_guest()
         .file("vmm-api", &guest("vmm-api"))
+        .file("vmm-vsock", &common::guest_tool("vmm-vsock"))
         .script(&format!(
             r#"tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
 cp rootfs.ext4 snap.ext4
 mkfifo in1 in2
-./vmm --kernel vmlinux --memory 128 --cpus 2 --rootfs snap.ext4 --net tap=tap0 --api-socket api1.sock --cmdline "{JOB_CMDLINE} vmmcmd=\"{shell}\"" < in1 > before.log 2>&1 &
+sleep 600 | ./vmm-vsock listen unix:$PWD/v1.sock_6000 >/dev/null 2>&1 &
+./vmm --kernel vmlinux --memory 128 --cpus 2 --rootfs snap.ext4 --net tap=tap0 --api-socket api1.sock --vsock cid=3,uds=$PWD/v1.sock --cmdline "{JOB_CMDLINE} vmmcmd=\"{shell}\"" < in1 > before.log 2>&1 &
 vmm=$!
 exec 3>in1
 {wait_start}
@@ -56,6 +59,8 @@ echo 'ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up; echo BEFORE-$((6*7))' >&
 {wait_before}
 echo 'ping -c 1 -W 5 10.0.2.1 >/dev/null && echo GUEST-PING-BEFORE-OK' >&3
 {wait_ping_before}
+echo 'vmm-vsock echo-server vsock:5001 >/dev/null & (vmm-vsock connect vsock:2:6000 </dev/null; echo GUEST-OLD-VSOCK-ENDED) & sleep 2; echo VSOCK-READY' >&3
+{wait_vsock}
 ./vmm-api api1.sock PUT /vm/pause
 ./vmm-api api1.sock PUT /vm/snapshot '{{"path": "/tmp/snap"}}'
 kill -KILL $vmm; wait $vmm
@@ -64,7 +69,8 @@ exec 3>&-
 cat before.log
 echo "VMM-BEFORE-END"
 ls -ls /tmp/snap
-./vmm --restore /tmp/snap --api-socket api2.sock < in2 > after.log 2>&1 &
+./vmm-vsock echo-server unix:$PWD/v2.sock_6001 >/dev/null &
+./vmm --restore /tmp/snap --api-socket api2.sock --vsock uds=$PWD/v2.sock < in2 > after.log 2>&1 &
 vmm=$!
 exec 4>in2
 echo 'echo AFTER-$((6*7)) CPUS-$(cat /sys/devices/system/cpu/online); echo written-after-restore > /root/after; sync; echo SYNCED' >&4
@@ -72,6 +78,9 @@ echo 'echo AFTER-$((6*7)) CPUS-$(cat /sys/devices/system/cpu/online); echo writt
 echo 'ping -c 2 -W 5 10.0.2.1 >/dev/null && echo GUEST-PING-AFTER-OK' >&4
 {wait_ping_after}
 ping -c 2 -W 5 10.0.2.15 >/dev/null && echo HOST-PING-AFTER-OK
+echo 'echo again | vmm-vsock connect vsock:2:6001 | sed s/^/GUEST-VSOCK-AFTER-/' >&4
+{wait_vsock_after}
+echo "HOST-VSOCK-AFTER-$(echo back | ./vmm-vsock connect fc:$PWD/v2.sock:5001)"
 ./vmm-api api2.sock GET /vm
 echo 'exit 7' >&4
 wait $vmm; rc=$?
@@ -85,6 +94,8 @@ cp snap.ext4 "$OUT/snap.ext4"
             wait_ping_before = until("before.log", "GUEST-PING-BEFORE-OK"),
             wait_synced = until("after.log", "SYNCED"),
             wait_ping_after = until("after.log", "GUEST-PING-AFTER-OK"),
+            wait_vsock = until("before.log", "VSOCK-READY"),
+            wait_vsock_after = until("after.log", "GUEST-VSOCK-AFTER-again"),
         ))
         .run(mode, LIMIT);
     let console = &run.console;
@@ -109,11 +120,16 @@ cp snap.ext4 "$OUT/snap.ext4"
         !after.contains("Linux version") && !after.contains("VMM-ROOTFS-OK"),
         "the restored guest booted again:\n{after}"
     );
+    // vsock: the connection the guest had when the snapshot was taken ends (the restored
+    // device sent TRANSPORT_RESET), and new ones work both ways on the new socket path.
     for marker in [
         "AFTER-42",
         "SYNCED",
         "GUEST-PING-AFTER-OK",
         "HOST-PING-AFTER-OK",
+        "GUEST-OLD-VSOCK-ENDED",
+        "GUEST-VSOCK-AFTER-again",
+        "HOST-VSOCK-AFTER-back",
     ] {
         assert!(
             after.contains(marker),

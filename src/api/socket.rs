@@ -1,5 +1,6 @@
-//! The API's socket file: checked before the VM starts, bound with mode 0600 once the vCPUs
-//! run, and removed when the VMM ends ([`SocketFile`]).
+//! A listening Unix socket file that vmm creates (the API's `--api-socket`, virtio-vsock's
+//! `--vsock uds=PATH`): checked before the VM starts, bound with mode 0600, and removed when the
+//! VMM ends ([`SocketFile`]). Errors name the option that gave the path.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -13,29 +14,39 @@ const SUN_PATH_LEN: usize = 108;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error(
-        "--api-socket {path}: the path exists and is not a socket; remove it or choose another path"
+        "{option} {path}: the path exists and is not a socket; remove it or choose another path"
     )]
-    NotASocket { path: PathBuf },
+    NotASocket { option: &'static str, path: PathBuf },
     #[error(
-        "--api-socket {path}: another process is listening on this socket (another vmm?); \
+        "{option} {path}: another process is listening on this socket (another vmm?); \
          stop it or choose another path"
     )]
-    InUse { path: PathBuf },
+    InUse { option: &'static str, path: PathBuf },
     #[error(
-        "--api-socket {path}: the path is {len} bytes long, a Unix socket's path at most {}",
+        "{option} {path}: the path is {len} bytes long, a Unix socket's path at most {}",
         SUN_PATH_LEN - 1
     )]
-    TooLong { path: PathBuf, len: usize },
-    #[error("--api-socket {path}: the directory {dir} does not exist")]
-    NoDirectory { path: PathBuf, dir: PathBuf },
-    #[error("--api-socket {path}: cannot use this path")]
+    TooLong {
+        option: &'static str,
+        path: PathBuf,
+        len: usize,
+    },
+    #[error("{option} {path}: the directory {dir} does not exist")]
+    NoDirectory {
+        option: &'static str,
+        path: PathBuf,
+        dir: PathBuf,
+    },
+    #[error("{option} {path}: cannot use this path")]
     Io {
+        option: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot create the API socket {path}")]
+    #[error("{option} {path}: cannot create the socket")]
     Bind {
+        option: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -51,16 +62,19 @@ pub enum PathState {
     Stale,
 }
 
-/// Checks that the API socket can be created at `path`: nothing there, or a stale socket.
-pub fn check_path(path: &Path) -> Result<PathState, SocketError> {
+/// Checks that a socket can be created at `path` (given as `option`): nothing there, or a
+/// stale socket.
+pub fn check_path(option: &'static str, path: &Path) -> Result<PathState, SocketError> {
     let len = path.as_os_str().len();
     if len >= SUN_PATH_LEN {
         return Err(SocketError::TooLong {
+            option,
             path: path.to_owned(),
             len,
         });
     }
     let io_err = |source| SocketError::Io {
+        option,
         path: path.to_owned(),
         source,
     };
@@ -72,6 +86,7 @@ pub fn check_path(path: &Path) -> Result<PathState, SocketError> {
             };
             if !dir.is_dir() {
                 return Err(SocketError::NoDirectory {
+                    option,
                     path: path.to_owned(),
                     dir: dir.to_owned(),
                 });
@@ -80,10 +95,12 @@ pub fn check_path(path: &Path) -> Result<PathState, SocketError> {
         }
         Err(e) => Err(io_err(e)),
         Ok(meta) if !meta.file_type().is_socket() => Err(SocketError::NotASocket {
+            option,
             path: path.to_owned(),
         }),
         Ok(_) => match UnixStream::connect(path) {
             Ok(_) => Err(SocketError::InUse {
+                option,
                 path: path.to_owned(),
             }),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(PathState::Stale),
@@ -114,20 +131,21 @@ impl Drop for SocketFile {
             .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino);
         if ours {
             if let Err(e) = std::fs::remove_file(&self.path) {
-                log::warn!("cannot remove the API socket {}: {e}", self.path.display());
+                log::warn!("cannot remove the socket {}: {e}", self.path.display());
             }
         }
     }
 }
 
-/// Creates the listening socket at `path`, mode 0600, non-blocking; a stale socket there is
-/// replaced.
-pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
+/// Creates the listening socket at `path` (given as `option`), mode 0600, non-blocking; a
+/// stale socket there is replaced.
+pub fn bind(option: &'static str, path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
     let bind_err = |source| SocketError::Bind {
+        option,
         path: path.to_owned(),
         source,
     };
-    if check_path(path)? == PathState::Stale {
+    if check_path(option, path)? == PathState::Stale {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(bind_err(e)),
             _ => {}
@@ -135,7 +153,7 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
     }
     // bind(2) creates the file with mode 0777 & ~umask: a umask of 0177 makes it 0600 from
     // the start, with no moment at which another user could connect. The umask is the
-    // process's: the vCPU threads, the only others running now, create no files.
+    // process's: the only other threads that may run now (vCPUs) create no files.
     // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
     let old = unsafe { libc::umask(0o177) };
     let listener = UnixListener::bind(path);
@@ -167,14 +185,17 @@ mod tests {
     #[test]
     fn bind_creates_a_0600_socket_and_the_guard_removes_it() {
         let path = scratch("bind.sock");
-        assert_eq!(check_path(&path).unwrap(), PathState::Free);
-        let (listener, file) = bind(&path).unwrap();
+        assert_eq!(check_path("--api-socket", &path).unwrap(), PathState::Free);
+        let (listener, file) = bind("--api-socket", &path).unwrap();
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert!(matches!(check_path(&path), Err(SocketError::InUse { .. })));
+        assert!(matches!(
+            check_path("--api-socket", &path),
+            Err(SocketError::InUse { .. })
+        ));
         drop(listener);
-        assert_eq!(check_path(&path).unwrap(), PathState::Stale);
+        assert_eq!(check_path("--api-socket", &path).unwrap(), PathState::Stale);
         drop(file);
         assert!(!path.exists());
     }
@@ -184,14 +205,14 @@ mod tests {
         let path = scratch("stale.sock");
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists(), "std leaves the file behind");
-        let (_listener, file) = bind(&path).unwrap();
+        let (_listener, file) = bind("--api-socket", &path).unwrap();
         assert!(UnixStream::connect(file.path()).is_ok());
     }
 
     #[test]
     fn the_guard_leaves_a_file_that_is_not_its_socket() {
         let path = scratch("replaced.sock");
-        let (listener, file) = bind(&path).unwrap();
+        let (listener, file) = bind("--api-socket", &path).unwrap();
         drop(listener);
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"someone else's").unwrap();
@@ -204,7 +225,7 @@ mod tests {
     fn bad_paths_are_refused_with_what_to_do() {
         let file = scratch("regular");
         std::fs::write(&file, b"x").unwrap();
-        let err = check_path(&file).unwrap_err();
+        let err = check_path("--api-socket", &file).unwrap_err();
         assert!(matches!(err, SocketError::NotASocket { .. }));
         let msg = err.to_string();
         assert!(
@@ -215,16 +236,16 @@ mod tests {
 
         let dir = std::env::temp_dir();
         assert!(matches!(
-            check_path(&dir),
+            check_path("--api-socket", &dir),
             Err(SocketError::NotASocket { .. })
         ));
         let long = PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
         assert!(matches!(
-            check_path(&long),
+            check_path("--api-socket", &long),
             Err(SocketError::TooLong { len: 125, .. })
         ));
         let orphan = PathBuf::from("/nonexistent-vmm-dir/api.sock");
-        let err = check_path(&orphan).unwrap_err();
+        let err = check_path("--api-socket", &orphan).unwrap_err();
         assert!(
             err.to_string()
                 .contains("/nonexistent-vmm-dir does not exist"),

@@ -33,7 +33,7 @@ impl Drop for Harness {
 fn serve(name: &str) -> Harness {
     let path = std::env::temp_dir().join(format!("vmm-api-unit-{}-{name}", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let (listener, file) = socket::bind(&path).unwrap();
+    let (listener, file) = socket::bind("--api-socket", &path).unwrap();
     let vm = Arc::new(StandIn::new(vec![]));
     let server = ApiServer::new(listener, vm.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -188,7 +188,7 @@ extern "C" fn on_sigsys(_: c_int, info: *mut siginfo_t, _: *mut c_void) {
 }
 
 /// The main thread's list: the event loop (epoll, eventfds, timerfds), stdin and stdout, the
-/// devices' I/O on disk images and TAPs, signals, the API's sockets, snapshots (files and
+/// devices' I/O on disk images, TAPs and vsock's Unix sockets, signals, the API's sockets, snapshots (files and
 /// directories, KVM's VM-wide state), and what Rust's runtime and allocator use.
 const MAIN_SYSCALLS: &[i64] = &[
     // The event loop, its eventfds and timerfds (the API's deadlines), signals.
@@ -219,6 +219,9 @@ const MAIN_SYSCALLS: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_kill,
     libc::SYS_wait4,
+    // virtio-vsock: connecting to host programs' sockets for the guest (`PATH_P`).
+    libc::SYS_socket,
+    libc::SYS_connect,
     libc::SYS_shutdown,
     libc::SYS_close,
     libc::SYS_fcntl,

@@ -250,7 +250,7 @@ fn check_config(config: &VmConfig) -> Result<(), Error> {
     })?;
     // The socket is created only once the vCPUs run; a path that cannot work fails now.
     if let Some(path) = &config.api_socket {
-        api::socket::check_path(path)?;
+        api::socket::check_path("--api-socket", path)?;
     }
     Ok(())
 }
@@ -273,7 +273,7 @@ fn open_inputs(config: &VmConfig) -> Result<Inputs, Error> {
         })?),
         None => None,
     };
-    let devices = virtio::open(&config.devices)?;
+    let devices = virtio::open(&config.devices, false)?;
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
     cmdline
         .insert_str(&config.cmdline)

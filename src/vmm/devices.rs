@@ -38,9 +38,9 @@ pub(super) struct Devices {
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The virtio devices, for the API.
     pub infos: Vec<DeviceInfo>,
-    /// The back-end processes vmm started for them (virtiofsd), stopped when dropped.
+    /// What vmm started or created for them (virtiofsd, socket files), undone when dropped.
     #[allow(dead_code, reason = "held only to be dropped with the devices")]
-    pub helpers: Vec<crate::virtiofsd::Virtiofsd>,
+    pub helpers: Vec<super::virtio::Helper>,
 }
 
 pub(super) fn create_devices(

@@ -123,7 +123,15 @@ pub enum Error {
     #[error("the event loop failed")]
     EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
-    ApiSocket(#[from] api::SocketError),
+    Socket(#[from] api::SocketError),
+    #[error("--vsock: cannot create the virtio-vsock device")]
+    VsockDevice(#[source] std::io::Error),
+    #[error(
+        "--vsock cid={given}: the snapshot's guest has CID {saved}; leave cid= out with --restore"
+    )]
+    VsockCid { given: u64, saved: u64 },
+    #[error("--vsock: the snapshot has no virtio-vsock device")]
+    NoVsockInSnapshot,
     #[error("cannot restore the snapshot")]
     Snapshot(#[from] snapshot::LoadError),
     #[error("cannot restore the VM's interrupt controllers, PIT and clock from the snapshot")]
@@ -163,7 +171,9 @@ impl Error {
             | Error::Block { .. }
             | Error::Tap { .. }
             | Error::Fs { .. }
-            | Error::ApiSocket(_)
+            | Error::Socket(_)
+            | Error::VsockCid { .. }
+            | Error::NoVsockInSnapshot
             | Error::Snapshot(_)
             | Error::RestoreVm(_)
             | Error::RestoreSerial(_)

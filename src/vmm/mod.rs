@@ -184,7 +184,7 @@ impl Vmm {
         let _api_socket_file = match &vmm.options.api_socket {
             None => None,
             Some(path) => {
-                let (listener, file) = api::socket::bind(path)?;
+                let (listener, file) = api::socket::bind("--api-socket", path)?;
                 let server =
                     api::ApiServer::new(listener, vmm.clone()).map_err(|source| Error::Io {
                         what: "the API server",

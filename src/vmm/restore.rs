@@ -19,7 +19,7 @@ use super::devices::create_devices;
 use super::error::Error;
 use super::virtio;
 use super::{lock, Built, RunOptions, Vmm};
-use crate::config::RestoreConfig;
+use crate::config::{RestoreConfig, VirtioConfig};
 use crate::snapshot::state::SnapshotState;
 use crate::snapshot::{self, Snapshot};
 use crate::{api, cpuid, timeline, vcpu};
@@ -28,12 +28,12 @@ impl Vmm {
     /// Builds the VM saved in `config.dir`, ready to run where it was paused.
     pub fn restore(config: &RestoreConfig) -> Result<Vmm, Error> {
         if let Some(path) = &config.api_socket {
-            api::socket::check_path(path)?;
+            api::socket::check_path("--api-socket", path)?;
         }
         let Snapshot { state, memory } = snapshot::load(&config.dir)?;
         timeline::mark("snapshot read and checked");
         let SnapshotState {
-            config: saved,
+            config: mut saved,
             vm: vm_state,
             vcpus: vcpu_states,
             serial: serial_state,
@@ -46,7 +46,26 @@ impl Vmm {
                 max: mptable::MAX_SUPPORTED_CPUS,
             });
         }
-        let device_files = virtio::open(&saved.devices)?;
+        if let Some((cid, uds)) = &config.vsock {
+            let vsock = saved
+                .devices
+                .iter_mut()
+                .find_map(|device| match device {
+                    VirtioConfig::Vsock(vsock) => Some(vsock),
+                    _ => None,
+                })
+                .ok_or(Error::NoVsockInSnapshot)?;
+            if let Some(given) = *cid {
+                if given != vsock.cid {
+                    return Err(Error::VsockCid {
+                        given,
+                        saved: vsock.cid,
+                    });
+                }
+            }
+            vsock.uds = uds.clone();
+        }
+        let device_files = virtio::open(&saved.devices, true)?;
         let signal_evt = install_signal_handlers()?;
 
         let mem =

@@ -5,18 +5,20 @@
 //! each of the two.
 
 use std::fs::File;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::fs::Fs;
 use devices::virtio::net::{format_mac, generated_mac, Tap};
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{Block, MmioTransport, Net, QueueHandler, Rng, VirtioDevice};
 use devices::Bus;
 use vm_memory::GuestMemoryMmap;
 
 use super::error::Error;
+use crate::api::socket::{self, SocketFile};
 use crate::api::DeviceInfo;
-use crate::config::{DiskConfig, FsBackend, FsConfig, NetConfig, VirtioConfig};
+use crate::config::{DiskConfig, FsBackend, FsConfig, NetConfig, VirtioConfig, VsockConfig};
 use crate::device_manager::{DeviceManager, MmioSlot, MAX_VIRTIO_DEVICES};
 use crate::stop::{StopReason, VmStop};
 use crate::virtiofsd::{self, Virtiofsd};
@@ -31,6 +33,16 @@ pub(super) enum Opened {
     /// The connection to the vhost-user back end, and the virtiofsd vmm started, if it did.
     Fs(FsConfig, UnixStream, Option<Virtiofsd>),
     Rng,
+    /// The listening socket host programs connect to, and its file (removed when dropped);
+    /// whether the device replaces one from a snapshot.
+    Vsock(VsockConfig, UnixListener, SocketFile, bool),
+}
+
+/// What vmm made for its devices, undone when dropped: a virtiofsd it started is stopped, a
+/// socket file it created is removed.
+pub(super) enum Helper {
+    Virtiofsd(#[allow(dead_code, reason = "held only to be dropped")] Virtiofsd),
+    SocketFile(#[allow(dead_code, reason = "held only to be dropped")] SocketFile),
 }
 
 impl Opened {
@@ -41,12 +53,14 @@ impl Opened {
             Opened::Net(net, _) => VirtioConfig::Net(net.clone()),
             Opened::Fs(fs, ..) => VirtioConfig::Fs(fs.clone()),
             Opened::Rng => VirtioConfig::Rng,
+            Opened::Vsock(vsock, ..) => VirtioConfig::Vsock(vsock.clone()),
         }
     }
 }
 
-/// Opens what each device of `configs` needs, in order.
-pub(super) fn open(configs: &[VirtioConfig]) -> Result<Vec<Opened>, Error> {
+/// Opens what each device of `configs` needs, in order; `restoring`: the devices replace those
+/// of a snapshot.
+pub(super) fn open(configs: &[VirtioConfig], restoring: bool) -> Result<Vec<Opened>, Error> {
     if configs.len() > MAX_VIRTIO_DEVICES {
         return Err(Error::Virtio(crate::device_manager::Error::TooManyDevices));
     }
@@ -86,8 +100,33 @@ pub(super) fn open(configs: &[VirtioConfig]) -> Result<Vec<Opened>, Error> {
                 }
             }
             VirtioConfig::Rng => Ok(Opened::Rng),
+            VirtioConfig::Vsock(vsock) => {
+                raise_fd_limit();
+                let (listener, file) = socket::bind("--vsock uds", &vsock.uds)?;
+                Ok(Opened::Vsock(vsock.clone(), listener, file, restoring))
+            }
         })
         .collect()
+}
+
+/// Each vsock connection holds a descriptor: the soft limit on them (often 1024) goes up to
+/// the hard one, so that [`devices::virtio::vsock::MAX_CONNECTIONS`] fit where the host allows.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; the result is checked.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads the struct we own; a failure leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            log::debug!("cannot raise the open file limit");
+        }
+    }
 }
 
 /// The virtio devices, attached.
@@ -100,8 +139,8 @@ pub(super) struct Attached {
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The devices, for the API.
     pub infos: Vec<DeviceInfo>,
-    /// The back-end processes vmm started (virtiofsd), stopped when dropped.
-    pub helpers: Vec<Virtiofsd>,
+    /// What vmm started or created for the devices, undone when dropped.
+    pub helpers: Vec<Helper>,
 }
 
 /// Makes each device of `opened` and attaches it, in order: a virtio-mmio slot on `mmio`, its
@@ -148,7 +187,7 @@ pub(super) fn attach(
                 (info, Arc::new(Mutex::new(Net::new(tap, mac))))
             }
             Opened::Fs(fs, stream, helper) => {
-                helpers.extend(helper);
+                helpers.extend(helper.map(Helper::Virtiofsd));
                 let gone = StopReason::Error(format!(
                     "the virtio-fs back end for tag {:?} went away or failed; the VM stops",
                     fs.tag
@@ -175,6 +214,15 @@ pub(super) fn attach(
                     source,
                 })?;
                 (info, Arc::new(Mutex::new(rng)))
+            }
+            Opened::Vsock(vsock, listener, file, restored) => {
+                helpers.push(Helper::SocketFile(file));
+                let device = Vsock::new(vsock.cid, listener, vsock.uds.clone(), restored)
+                    .map_err(Error::VsockDevice)?;
+                let info = DeviceInfo::new("virtio-vsock", "vsock0".to_string())
+                    .with("cid", vsock.cid)
+                    .with("uds", vsock.uds.display().to_string());
+                (info, Arc::new(Mutex::new(device)))
             }
         };
         let bus_name = format!("{}:{}", info.kind, info.name);

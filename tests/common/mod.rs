@@ -103,16 +103,22 @@ pub fn virtiofsd_for(dir: &Path) -> Vec<i32> {
 
 /// vmm-run's guest init (resources/guest-tools/vmm-init.c), built into the cache.
 pub fn vmm_init() -> PathBuf {
+    guest_tool("vmm-init")
+}
+
+/// A static tool of resources/guest-tools (`NAME.c`), built into the cache: for a test's host
+/// side (vmm-vsock) or a guest's init.
+pub fn guest_tool(name: &str) -> PathBuf {
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            ". '{}/resources/lib.sh' && vmm_init",
+            ". '{}/resources/lib.sh' && guest_tool {name}",
             root().display()
         ))
         .stderr(Stdio::inherit())
         .output()
-        .expect("build vmm-init");
-    assert!(out.status.success(), "building vmm-init failed");
+        .unwrap_or_else(|e| panic!("build {name}: {e}"));
+    assert!(out.status.success(), "building {name} failed");
     PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
 }
 

@@ -51,6 +51,7 @@ mod queue;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;
+pub mod vsock;
 
 use std::io;
 use std::os::fd::RawFd;
