@@ -31,6 +31,11 @@ against each other, and not compared in the table). Rows:
                (read-only) and a working directory shared writable: vmm with its --fs
                (starting virtiofsd itself), QEMU with vhost-user-fs-device, guest RAM a shared
                memfd, and the same virtiofsd started by the timed command
+  vsock-*      (--only vsock) the default initramfs with --vsock (vmm) or vhost-vsock-device
+               (QEMU, L1's vhost_vsock): VSOCK_MB MiB guest → host (timed by the sink in L1,
+               first byte to end), then host → guest (timed in L1, connect to the guest's
+               close), then 1-byte round trips to an echo server in the guest (median),
+               with resources/guest-tools/vmm-vsock.c on both sides
   fs-*, ext4-* (--only fsio) the same boot (root on virtio-fs) runs `iobench fs` (bench/nested/
                iobench.c) on data `iobench mktree` made: 2,000 files of 1-16 KiB read
                (tree: walk, open, read, close), a 64 MiB file read and its SHA-256 checked
@@ -172,6 +177,33 @@ fsio() {  # fsio VMM RUN fs|ext4: iobench fs on the virtio-fs share, or on an ex
     echo "BENCH $1 $2 fsio rc=$rc on=$3 $line"
 }
 
+# The vsock rows: the guest (the default initramfs, which has vmm-vsock) runs an echo server on
+# port 5001 and a sink on port 5000, and sends VSOCK_MB MiB to the host's sink on port 6000;
+# then the host sends VSOCK_MB MiB to the guest's sink and makes 1-byte round trips. vmm through
+# its --vsock Unix sockets, QEMU through vhost-vsock (L1's vhost_vsock, AF_VSOCK in L1).
+VGCMD="vmm-vsock echo-server vsock:5001 >/dev/null & vmm-vsock sink vsock:5000 >/dev/null & sleep 1; vmm-vsock send vsock:2:6000 @VSOCK_MB@ >/dev/null; echo VSOCK-GUEST-SENT; sleep 600"
+vsockrun() {  # vsockrun VMM RUN
+    log=$OUT/vsock-$1-$2
+    rm -f /tmp/vs.sock /tmp/vs.sock_6000
+    if [ $1 = vmm ]; then
+        ./vmm-vsock sink unix:/tmp/vs.sock_6000 > $log.sink &
+        ./vmm --kernel vmlinux --initrd initramfs.cpio.gz --memory $MEM --cpus 1 \
+            --vsock cid=3,uds=/tmp/vs.sock --cmdline "$C vmmcmd=\"$VGCMD\"" > $log.log 2>$log.err &
+        to=fc:/tmp/vs.sock
+    else
+        ./vmm-vsock sink vsock:6000 > $log.sink &
+        $Q $QM $QV -device vhost-vsock-device,guest-cid=3 -kernel vmlinux \
+            -initrd initramfs.cpio.gz -append "$C vmmcmd=\"$VGCMD\"" > $log.log 2>$log.err &
+        to=vsock:3
+    fi
+    vm=$!
+    i=0; while ! grep -q VSOCK-GUEST-SENT $log.log && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+    echo "BENCH $1 $2 vsock $(cat $log.sink | grep VSOCK-SINK) dir=g2h"
+    echo "BENCH $1 $2 vsock $(./vmm-vsock send $to:5000 @VSOCK_MB@) dir=h2g"
+    echo "BENCH $1 $2 vsock $(./vmm-vsock rr $to:5001 @VSOCK_RR@)"
+    kill -KILL $vm; wait $vm 2>/dev/null
+}
+
 SHELL="while read line; do eval \$line; done"
 
 shell_boot() {  # shell_boot RUN: vmm, the root disk booted to a shell that runs one command
@@ -252,6 +284,9 @@ while [ $i -le $LAST ]; do
     for v in $order; do
         case ",$ONLY," in *,fs,*) fsrun $v $i ;; esac
     done
+    for v in $order; do
+        case ",$ONLY," in *,vsock,*) vsockrun $v $i ;; esac
+    done
     for kind in fs ext4; do
         for v in $order; do
             case ",$ONLY," in *,fsio,*) fsio $v $i $kind ;; esac
@@ -297,6 +332,8 @@ def build_job(job, args):
     for name in ("spawn-until", "iobench"):
         subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", os.path.join(job, name),
                         os.path.join(HERE, f"{name}.c")], check=True)
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", os.path.join(job, "vmm-vsock"),
+                    os.path.join(ROOT, "resources", "guest-tools", "vmm-vsock.c")], check=True)
     subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", os.path.join(job, "vmm-api"),
                     os.path.join(ROOT, "tests", "guests", "tools", "vmm-api.c")], check=True)
     shutil.copy(args.vmm, os.path.join(job, "vmm"))
@@ -355,7 +392,8 @@ def write_job_script(job, args, first, last):
     for key, value in {"FIRST": first, "LAST": last, "ONLY": args.only, "CMDLINE": CMDLINE,
                        "MEM": MEM_MIB, "BLK_MB": args.blk_mb, "BLK_OPS": args.blk_ops,
                        "NET_MB": args.net_mb, "NET_TX_MB": args.net_tx_mb, "MAC": GUEST_MAC,
-                       "FS_FILES": args.fs_files, "FS_MB": args.fs_mb}.items():
+                       "FS_FILES": args.fs_files, "FS_MB": args.fs_mb,
+                       "VSOCK_MB": args.vsock_mb, "VSOCK_RR": args.vsock_rr}.items():
         script = script.replace(f"@{key}@", str(value))
     with open(os.path.join(job, "job.sh"), "w") as f:
         f.write(script)
@@ -400,6 +438,15 @@ def parse(console, args):
             add(name, f"{on}-tree", int(kv["tree_ns"]) / 1e6)
             add(name, f"{on}-big", args.fs_mb / (int(kv["big_ns"]) / 1e9))
             add(name, f"{on}-write", int(kv["write_mib"]) / (int(kv["write_ns"]) / 1e9))
+        elif kind == "vsock":
+            kv = dict(x.split("=", 1) for x in f[4:] if "=" in x)
+            if "median_ns" in kv:
+                add(name, "vsock-rr", int(kv["median_ns"]) / 1e3)
+            elif "bytes" in kv and int(kv["bytes"]) == args.vsock_mb << 20:
+                mibs = args.vsock_mb / (int(kv["ns"]) / 1e9)
+                add(name, f"vsock-{kv['dir']}", mibs)
+            else:
+                raise RuntimeError(f"a vsock run failed: {line}")
         elif kind in ("shell-boot", "snap-restore"):
             found_ns = int(f[4])
             if found_ns < 0:
@@ -448,6 +495,9 @@ ROWS = [
     ("net-tx", "TCP guest → L1", "MiB/s"),
     ("fs-true", "spawn → `true` ran, L1's root as the guest's root on virtio-fs (virtiofsd)",
      "ms"),
+    ("vsock-h2g", "vsock host → guest, 256 MiB (vmm: Unix socket; QEMU: vhost-vsock)", "MiB/s"),
+    ("vsock-g2h", "vsock guest → host, 256 MiB", "MiB/s"),
+    ("vsock-rr", "vsock 1-byte round trip, host ↔ guest echo (median of 2,000)", "µs"),
     ("fs-tree", "virtio-fs: read 2,000 small files (1–16 KiB, 17 MiB)", "ms"),
     ("fs-big", "virtio-fs: read a 64 MiB file (time in read(2); SHA-256 checked)", "MiB/s"),
     ("fs-write", "virtio-fs: write 64 MiB + fsync", "MiB/s"),
@@ -522,9 +572,11 @@ def main():
     ap.add_argument("--per-boot", type=int, default=5,
                     help="runs per test-host boot (each boot adds about 15 s)")
     ap.add_argument("--only", default="spawn,io",
-                    help="comma-separated: spawn,io,snap,fs,fsio")
+                    help="comma-separated: spawn,io,snap,fs,fsio,vsock")
     ap.add_argument("--fs-files", type=int, default=2000, help="fsio: small files to read")
     ap.add_argument("--fs-mb", type=int, default=64, help="fsio: MiB of the big file and the write")
+    ap.add_argument("--vsock-mb", type=int, default=256, help="vsock: MiB each way")
+    ap.add_argument("--vsock-rr", type=int, default=2000, help="vsock: 1-byte round trips")
     ap.add_argument("--blk-mb", type=int, default=32)
     ap.add_argument("--blk-ops", type=int, default=200)
     ap.add_argument("--net-mb", type=int, default=16, help="MiB L1 → guest")

@@ -6,9 +6,10 @@
 #
 # From Debian's packages, cached by their versions and this script's hash:
 #   vmlinuz    the cloud kernel (linux-image-cloud-amd64's kernel, downloaded, not installed)
-#   base.cpio  an uncompressed initramfs: busybox-static, the kvm, kvm-amd, tun and
-#              virtio-pci/blk modules, and an /init that loads them, runs /job/job.sh and
-#              powers off (see the init below for the protocol)
+#   base.cpio  an uncompressed initramfs: busybox-static, the kvm, kvm-amd, tun,
+#              virtio-pci/blk and vsock/vhost-vsock modules (QEMU's vhost-vsock, for the
+#              benchmarks), and an /init that loads them, runs /job/job.sh and powers off
+#              (see the init below for the protocol)
 #   cloud-guest.cpio.gz  the same stock kernel as a guest *of vmm*: an initramfs with its
 #              virtio-mmio, virtio-blk, virtio-net and pvpanic modules, whose /init loads
 #              them, prints VMM-INIT-OK and VMM-CPUS-ONLINE, runs `vmmcmd="…"` with its
@@ -71,7 +72,9 @@ busybox_root() {
 root="$tmp/root"
 busybox_root "$root" virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun \
     drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
-    drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk
+    drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk \
+    net/vmw_vsock/vsock net/vmw_vsock/vmw_vsock_virtio_transport_common drivers/vhost/vhost_iotlb \
+    drivers/vhost/vhost drivers/vhost/vhost_vsock
 mkdir -p "$root/job" "$root/out"
 
 # job.sh runs in /job with OUT=/out. The protocol with resources/testhost.sh, on the serial

@@ -1,9 +1,11 @@
 //! A hostile guest (`test=hostile`, tests/guests/hostile.c) against the VMM: for 20 seconds it
 //! writes random values to every port and to every register of a read-write disk, a read-only
-//! disk and a network interface, and feeds them random and adversarial descriptor chains. The
-//! VMM must keep serving the serial console (round after round of the guest's lines arrive,
-//! and its last one), keep its memory bounded, leave the read-only image untouched, not flood
-//! its log, and exit 0 when the guest resets.
+//! disk, a network interface and a vsock device, feeds them random and adversarial descriptor
+//! chains, and sends the vsock device packets with plausible headers and random operations,
+//! ports, lengths and credit (a host program listens on port 1024 and reads, so some make
+//! connections). The VMM must keep serving the serial console (round after round of the
+//! guest's lines arrive, and its last one), keep its memory bounded, leave the read-only image
+//! untouched, not flood its log, exit 0 when the guest resets, and remove its vsock socket.
 
 mod common;
 
@@ -50,6 +52,18 @@ fn a_hostile_guest_cannot_take_the_vmm_down() {
     let ro_bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&ro_disk, &ro_bytes).unwrap();
 
+    let uds = scratch("hostile-vsock.sock");
+    let _ = std::fs::remove_file(&uds);
+    let port_1024 = std::os::unix::net::UnixListener::bind(format!("{}_1024", uds.display()))
+        .expect("listen for the guest's connections to port 1024");
+    std::thread::spawn(move || {
+        for stream in port_1024.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &stream, &mut std::io::sink());
+            });
+        }
+    });
+
     let kernel = guest("pvh.elf");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
@@ -62,6 +76,7 @@ fn a_hostile_guest_cannot_take_the_vmm_down() {
         .arg("--drive")
         .arg(format!("path={},ro", ro_disk.display()))
         .args(["--net", &format!("tap={TAP}")])
+        .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
         .args(["--cmdline", "test=hostile seed=12345"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -79,7 +94,7 @@ fn a_hostile_guest_cannot_take_the_vmm_down() {
     let mut stdin = child.stdin.take().unwrap();
 
     let start = Instant::now();
-    while !text(&stdout).contains("hostile: ready, 3 virtio devices") {
+    while !text(&stdout).contains("hostile: ready, 4 virtio devices") {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the VMM ended before the guest was ready: {}\n{}",
@@ -164,7 +179,7 @@ fn a_hostile_guest_cannot_take_the_vmm_down() {
     // for the whole run, the rest at debug level.
     let refusals = err.matches("cannot start device").count();
     assert!(
-        (1..=3).contains(&refusals),
+        (1..=4).contains(&refusals),
         "{refusals} start refusals logged (one per device expected): {err}"
     );
     assert!(
@@ -182,4 +197,11 @@ fn a_hostile_guest_cannot_take_the_vmm_down() {
         std::fs::read(&ro_disk).unwrap() == ro_bytes,
         "the read-only image changed"
     );
+    assert!(
+        rounds
+            .last()
+            .is_some_and(|r| !r.ends_with("vsock packets 0")),
+        "{out}"
+    );
+    assert!(!uds.exists(), "vmm left its vsock socket");
 }

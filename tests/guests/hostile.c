@@ -8,6 +8,9 @@
  *      random and adversarial descriptor chains (loops, huge lengths, addresses beyond RAM
  *      and wrapping past 2^64, chains over the rings themselves, indirect tables of junk,
  *      avail indexes far ahead) and notifies it, valid and invalid queue numbers alike,
+ *   4. sends a vsock device packets whose headers mostly look right (this guest's CID to the
+ *      host's, a stream) with random operations, ports, lengths, flags and credit, with and
+ *      without receive buffers for the replies,
  * then sets the serial port up again and prints `hostile: round <n>`. It stops after the
  * round in which a `q` arrived on COM1, sets exit code 0 on the exit-code port and resets.
  *
@@ -241,7 +244,7 @@ static u32 chain_round(const struct virtio_dev *d, u32 queues)
         vdev_wr(d, VM_DRIVER_FEATURES, (offered & rnd()) | (sel ? 1u : 0)); /* VERSION_1 */
     }
     vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-    u32 sizes[2] = {0, 0};
+    u32 sizes[3] = {0, 0, 0};
     for (u32 q = 0; q < queues; q++) {
         vdev_wr(d, VM_QUEUE_SEL, q);
         u32 max = vdev_rd(d, VM_QUEUE_NUM_MAX);
@@ -278,6 +281,88 @@ static u32 chain_round(const struct virtio_dev *d, u32 queues)
     return chains;
 }
 
+static void put_le(volatile u8 *p, u64 v, u32 bytes)
+{
+    for (u32 i = 0; i < bytes; i++)
+        p[i] = (u8)(v >> (8 * i));
+}
+
+/* A vsock packet header (virtio 1.2 §5.10.6): this guest (CID 3) to the host (CID 2), a
+ * stream, 7 times in 8; ports from a small set, so packets meet connections. */
+static void vsock_header(volatile u8 *h)
+{
+    put_le(h, (rnd() & 7) ? 3 : rnd(), 8);
+    put_le(h + 8, (rnd() & 7) ? 2 : rnd(), 8);
+    put_le(h + 16, rnd() & 0x3f, 4);                           /* src_port */
+    put_le(h + 20, (rnd() & 3) ? 1024 + (rnd() & 3) : rnd(), 4); /* dst_port */
+    put_le(h + 24, (rnd() & 3) ? rnd() & 0x3ff : rnd(), 4);   /* len */
+    put_le(h + 28, (rnd() & 7) ? 1 : rnd(), 2);               /* type */
+    put_le(h + 30, rnd() % 9, 2);                              /* op, 0-8 */
+    put_le(h + 32, rnd(), 4);                                  /* flags */
+    put_le(h + 36, rnd(), 4);                                  /* buf_alloc */
+    put_le(h + 40, rnd(), 4);                                  /* fwd_cnt */
+}
+
+#define VSOCK_QUEUE 64
+#define VSOCK_HEADERS (SCRATCH + 0x20000)  /* a header and data, 0x800 each */
+#define VSOCK_RX_BUFS (SCRATCH + 0x80000)  /* 0x1100 each */
+
+/* Packets from the guest: VSOCK_QUEUE on the transmit queue per pass, receive buffers for
+ * the replies half the time; returns the packets sent. */
+static u32 vsock_round(const struct virtio_dev *d)
+{
+    vdev_wr(d, VM_STATUS, 0);
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE);
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    vdev_wr(d, VM_DRIVER_FEATURES_SEL, 1);
+    vdev_wr(d, VM_DRIVER_FEATURES, 1); /* VIRTIO_F_VERSION_1 */
+    vdev_wr(d, VM_DRIVER_FEATURES_SEL, 0);
+    vdev_wr(d, VM_DRIVER_FEATURES, 0);
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    for (u32 q = 0; q < 3; q++) {
+        uptr desc = RING_BASE + q * 0x4000;
+        zero32(desc, 0x3000);
+        vdev_wr(d, VM_QUEUE_SEL, q);
+        vdev_wr(d, VM_QUEUE_NUM, VSOCK_QUEUE);
+        virtio_queue_ready(d, desc, desc + 0x1000, desc + 0x2000);
+    }
+    vdev_wr(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    u32 sent = 0;
+    for (u32 pass = 0; pass < 8; pass++) {
+        if (rnd() & 1) { /* receive buffers: header and data in one, or two descriptors */
+            volatile struct virtq_desc *rx = (volatile struct virtq_desc *)RING_BASE;
+            volatile u16 *avail = (volatile u16 *)(RING_BASE + 0x1000);
+            for (u32 i = 0; i < VSOCK_QUEUE; i++) {
+                rx[i].addr = (rnd() & 15) ? VSOCK_RX_BUFS + i * 0x1100 : hostile_addr();
+                rx[i].len = (rnd() & 7) ? 44 + 4096 : hostile_len();
+                rx[i].flags = (rnd() & 15) ? 2 : (u16)rnd(); /* WRITE */
+                rx[i].next = (u16)rnd();
+                avail[2 + i] = (u16)i;
+            }
+            avail[1] = (u16)(avail[1] + VSOCK_QUEUE);
+            vdev_wr(d, VM_QUEUE_NOTIFY, 0);
+        }
+        volatile struct virtq_desc *tx = (volatile struct virtq_desc *)(RING_BASE + 0x4000);
+        volatile u16 *avail = (volatile u16 *)(RING_BASE + 0x5000);
+        for (u32 i = 0; i < VSOCK_QUEUE; i++) {
+            volatile u8 *h = (volatile u8 *)(VSOCK_HEADERS + i * 0x800);
+            vsock_header(h);
+            tx[i].addr = (uptr)h;
+            tx[i].len = (rnd() & 3) ? 44 + (rnd() & 0x7ff) : hostile_len();
+            tx[i].flags = (rnd() & 15) ? 0 : (u16)rnd();
+            tx[i].next = (u16)rnd();
+            avail[2 + i] = (u16)i;
+        }
+        avail[1] = (u16)(avail[1] + VSOCK_QUEUE);
+        vdev_wr(d, VM_QUEUE_NOTIFY, 1);
+        vdev_wr(d, VM_QUEUE_NOTIFY, (rnd() & 3) ? 0 : rnd());
+        virtio_ack_interrupt(d);
+        sent += VSOCK_QUEUE;
+    }
+    vdev_wr(d, VM_STATUS, 0);
+    return sent;
+}
+
 static int quit_requested(void)
 {
     int quit = 0;
@@ -295,14 +380,16 @@ void test_hostile(const char *cmdline)
     u32 ndev = 0;
 
     rng = cmdline_get_u32(cmdline, "seed", 1) | 1;
-    /* Every version-2 blk and net device on the command line. */
-    for (u32 kind = 0; kind < 2; kind++) {
+    /* Every version-2 blk, net and vsock device on the command line. */
+    static const u32 kinds[3] = {VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_VSOCK};
+    static const char *const tags[3] = {"hostile blk", "hostile net", "hostile vsock"};
+    for (u32 kind = 0; kind < 3; kind++) {
         for (u32 want = 0; ndev < MAX_DEVICES; want++) {
             struct virtio_dev *d = &devs[ndev];
-            d->tag = kind ? "hostile net" : "hostile blk";
-            if (!virtio_probe(d, cmdline, kind ? VIRTIO_ID_NET : VIRTIO_ID_BLOCK, want))
+            d->tag = tags[kind];
+            if (!virtio_probe(d, cmdline, kinds[kind], want))
                 break;
-            queues[ndev++] = kind ? 2 : 1;
+            queues[ndev++] = kind + 1;
         }
     }
     for (u32 i = 0; i < 0x10000; i += 4) /* junk for indirect tables and request headers */
@@ -311,7 +398,7 @@ void test_hostile(const char *cmdline)
     print_dec(ndev);
     print(" virtio devices\n");
 
-    u32 round = 0, ports = 0, regs = 0, chains = 0;
+    u32 round = 0, ports = 0, regs = 0, chains = 0, packets = 0;
     int quit = 0;
     while (!quit) {
         ports += port_round();
@@ -319,6 +406,9 @@ void test_hostile(const char *cmdline)
             regs += mmio_round(&devs[i]);
         for (u32 i = 0; i < ndev; i++)
             chains += chain_round(&devs[i], queues[i]);
+        for (u32 i = 0; i < ndev; i++)
+            if (queues[i] == 3)
+                packets += vsock_round(&devs[i]);
         serial_reinit(); /* keeps a `q` that is waiting */
         quit = quit_requested();
         print("hostile: round ");
@@ -329,6 +419,8 @@ void test_hostile(const char *cmdline)
         print_dec(regs);
         print(" descriptors ");
         print_dec(chains);
+        print(" vsock packets ");
+        print_dec(packets);
         print("\n");
     }
     outb(EXIT_CODE_PORT, 0);

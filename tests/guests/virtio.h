@@ -37,6 +37,7 @@
 #define VIRTIO_MMIO_MAGIC 0x74726976 /* "virt" */
 #define VIRTIO_ID_NET 1
 #define VIRTIO_ID_BLOCK 2
+#define VIRTIO_ID_VSOCK 19
 
 /* Device status (§2.1) */
 #define S_ACKNOWLEDGE 1
