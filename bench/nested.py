@@ -197,7 +197,7 @@ vsockrun() {  # vsockrun VMM RUN
         to=vsock:3
     fi
     vm=$!
-    i=0; while ! grep -q VSOCK-GUEST-SENT $log.log && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+    w=0; while ! grep -q VSOCK-GUEST-SENT $log.log && [ $w -lt 600 ]; do sleep 0.2; w=$((w+1)); done
     echo "BENCH $1 $2 vsock $(cat $log.sink | grep VSOCK-SINK) dir=g2h"
     echo "BENCH $1 $2 vsock $(./vmm-vsock send $to:5000 @VSOCK_MB@) dir=h2g"
     echo "BENCH $1 $2 vsock $(./vmm-vsock rr $to:5001 @VSOCK_RR@)"

@@ -323,27 +323,58 @@ impl Connection {
     /// The next packet for the guest, written into `data` (a receive buffer's data part)
     /// when it is data. Control packets come first, then data while there is credit; the
     /// host socket's end of file becomes `SHUTDOWN` (or `RST` if the host closed altogether).
-    pub fn next_packet<B: BitmapSlice>(&mut self, data: Option<&VolatileSlice<B>>) -> RxPacket {
+    ///
+    /// Data comes from `bounce` first if it holds this connection's (`id`); else, when the
+    /// guest has credit for more than this buffer and `bounce` is free, one read fills it
+    /// ahead for the next buffers (one system call for up to [`Bounce::LEN`] bytes instead of
+    /// one per buffer: Linux posts 4 KiB ones); else the host socket is read straight into
+    /// the guest's buffer.
+    pub fn next_packet<B: BitmapSlice>(
+        &mut self,
+        id: u64,
+        data: Option<&VolatileSlice<B>>,
+        bounce: &mut Bounce,
+    ) -> RxPacket {
         if self.reset {
             return RxPacket::Reset;
         }
         if let Some(control) = self.controls.pop_front() {
             return RxPacket::Control(control);
         }
+        let Some(data) = data.filter(|d| !d.is_empty()) else {
+            return RxPacket::Control(Control::CreditUpdate);
+        };
+        if bounce.owner == Some(id) {
+            return RxPacket::Data(bounce.take(data) as u32);
+        }
         if !self.can_send_data() {
             // Nothing after all (the muxer asked `wants_rx` first): an update is harmless.
             return RxPacket::Control(Control::CreditUpdate);
         }
-        let Some(data) = data.filter(|d| !d.is_empty()) else {
-            return RxPacket::Control(Control::CreditUpdate);
+        let credit = self.peer_credit() as usize;
+        let result = if bounce.owner.is_none() && credit > data.len() {
+            let want = credit.min(Bounce::LEN);
+            match std::io::Read::read(&mut self.stream, &mut bounce.buf[..want]) {
+                Ok(n) => {
+                    bounce.fill(id, n);
+                    let taken = bounce.take(data);
+                    Ok((n, want, taken))
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let want = data.len().min(credit);
+            match data.subslice(0, want) {
+                Ok(mut buf) => match self.stream.read_volatile(&mut buf) {
+                    Ok(n) => Ok((n, want, n)),
+                    Err(VolatileMemoryError::IOError(e)) => Err(e),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                },
+                Err(_) => return RxPacket::Control(Control::CreditUpdate),
+            }
         };
-        let len = data.len().min(self.peer_credit() as usize);
-        let mut buf = match data.subslice(0, len) {
-            Ok(buf) => buf,
-            Err(_) => return RxPacket::Control(Control::CreditUpdate),
-        };
-        match self.stream.read_volatile(&mut buf) {
-            Ok(0) => {
+        match result {
+            Ok((0, ..)) => {
                 self.host_eof = true;
                 self.readable = false;
                 if self.host_closed {
@@ -356,11 +387,16 @@ impl Connection {
                 }
                 RxPacket::Control(Control::Shutdown(SHUTDOWN_SEND))
             }
-            Ok(n) => {
+            Ok((n, want, delivered)) => {
                 self.rx_cnt += Wrapping(n as u32);
-                RxPacket::Data(n as u32)
+                // A short read emptied the socket: wait for epoll rather than come back for a
+                // `WouldBlock` (which would cost the guest a packet of its own).
+                if n < want && !self.host_closed {
+                    self.readable = false;
+                }
+                RxPacket::Data(delivered as u32)
             }
-            Err(e) if would_block(&e) => {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 self.readable = false;
                 RxPacket::Control(Control::CreditUpdate)
             }
@@ -376,6 +412,49 @@ impl Connection {
     #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.tx_buf.len()
+    }
+}
+
+/// Host data read ahead for one connection, waiting for the guest's next receive buffers: one
+/// for the whole device, so vmm holds at most [`Bounce::LEN`] bytes this way.
+#[derive(Debug)]
+pub(super) struct Bounce {
+    buf: Box<[u8]>,
+    /// The connection whose bytes `buf[start..end]` are.
+    pub owner: Option<u64>,
+    start: usize,
+    end: usize,
+}
+
+impl Bounce {
+    /// The most bytes one read takes (Linux's largest packet).
+    pub const LEN: usize = super::MAX_PKT_DATA as usize;
+
+    pub fn new() -> Self {
+        Bounce {
+            buf: vec![0; Self::LEN].into_boxed_slice(),
+            owner: None,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// `n` bytes were read into the buffer for connection `id`.
+    fn fill(&mut self, id: u64, n: usize) {
+        self.start = 0;
+        self.end = n;
+        self.owner = (n > 0).then_some(id);
+    }
+
+    /// Copies what fits of the held bytes into `data`; the buffer is free once all went.
+    fn take<B: BitmapSlice>(&mut self, data: &VolatileSlice<B>) -> usize {
+        let n = data.len().min(self.end - self.start);
+        data.copy_from(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        if self.start == self.end {
+            self.owner = None;
+        }
+        n
     }
 }
 

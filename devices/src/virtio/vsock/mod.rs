@@ -153,7 +153,13 @@ impl Vsock {
     }
 
     /// Sends the guest every packet the host side has for it, while there are receive buffers.
+    /// Then each connection's socket is watched as it now needs.
     fn fill_rx(&mut self) {
+        self.fill_rx_queue();
+        self.muxer.sync_interest();
+    }
+
+    fn fill_rx_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };

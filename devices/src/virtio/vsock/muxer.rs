@@ -22,7 +22,7 @@ use vm_memory::bitmap::BitmapSlice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{read_connect_line, Connection, Control, RxPacket, State};
+use super::connection::{read_connect_line, Bounce, Connection, Control, RxPacket, State};
 use super::{
     op, CONN_BUF_ALLOC, HOST_CID, LOG_NAME, MAX_CONNECTIONS, SHUTDOWN_RCV, SHUTDOWN_SEND,
     TYPE_STREAM,
@@ -75,6 +75,10 @@ pub struct Muxer {
     rxq: VecDeque<u64>,
     /// `RST`s owed for packets that belong to no connection.
     resets: VecDeque<Key>,
+    /// Host data read ahead for one connection.
+    bounce: Bounce,
+    /// Connections whose epoll interest may have to change ([`Muxer::sync_interest`]).
+    dirty: Vec<u64>,
 }
 
 impl std::fmt::Debug for Muxer {
@@ -116,6 +120,8 @@ impl Muxer {
             ids: HashMap::new(),
             rxq: VecDeque::new(),
             resets: VecDeque::new(),
+            bounce: Bounce::new(),
+            dirty: Vec::new(),
         })
     }
 
@@ -148,6 +154,8 @@ impl Muxer {
         self.ids.clear();
         self.rxq.clear();
         self.resets.clear();
+        self.bounce.owner = None;
+        self.dirty.clear();
     }
 
     /// Whether a packet for the guest is waiting for a receive buffer.
@@ -429,6 +437,9 @@ impl Muxer {
     }
 
     fn remove(&mut self, id: u64) {
+        if self.bounce.owner == Some(id) {
+            self.bounce.owner = None;
+        }
         if let Some((key, _conn)) = self.conns.remove(&id) {
             // Dropping the stream closes it, which takes it out of the epoll set.
             self.ids.remove(&key);
@@ -442,8 +453,26 @@ impl Muxer {
             return;
         };
         conn.note_stalled();
-        let wanted = conn.wanted_interest();
-        if wanted != conn.interest {
+        if conn.wants_rx() && !conn.queued {
+            conn.queued = true;
+            self.rxq.push_back(id);
+        }
+        self.dirty.push(id);
+    }
+
+    /// Sets the epoll interest of every connection touched since the last call as it now
+    /// wants ([`Connection::wanted_interest`]). The device calls it when it is done with an
+    /// event, after the guest got what it could take: a message that is read as soon as it
+    /// comes never takes its socket out of the set and back.
+    pub fn sync_interest(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            let Some((_, conn)) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let wanted = conn.wanted_interest();
+            if wanted == conn.interest {
+                continue;
+            }
             let fd = conn.stream.as_raw_fd();
             let result = match (conn.interest, wanted) {
                 (None, Some(events)) => self.epoll.ctl(
@@ -467,12 +496,12 @@ impl Muxer {
                 Err(e) => {
                     debug!("{LOG_NAME}: cannot watch a connection: {e}");
                     conn.owe_reset();
+                    if !conn.queued {
+                        conn.queued = true;
+                        self.rxq.push_back(id);
+                    }
                 }
             }
-        }
-        if conn.wants_rx() && !conn.queued {
-            conn.queued = true;
-            self.rxq.push_back(id);
         }
     }
 
@@ -489,12 +518,12 @@ impl Muxer {
             };
             let key = *key;
             conn.queued = false;
-            if !conn.wants_rx() {
+            if !conn.wants_rx() && self.bounce.owner != Some(id) {
                 self.update(id);
                 continue;
             }
             let data = packet.data_slice().cloned();
-            let (op, flags, len) = match conn.next_packet(data.as_ref()) {
+            let (op, flags, len) = match conn.next_packet(id, data.as_ref(), &mut self.bounce) {
                 RxPacket::Reset => {
                     self.remove(id);
                     self.write_header(packet, key, op::RST, 0, 0, 0);
@@ -508,6 +537,11 @@ impl Muxer {
                 RxPacket::Control(Control::CreditRequest) => (op::CREDIT_REQUEST, 0, 0),
             };
             let fwd_cnt = conn.fwd_cnt_for_packet();
+            if self.bounce.owner == Some(id) {
+                // Its read-ahead goes first: the bounce buffer is the device's only one.
+                conn.queued = true;
+                self.rxq.push_front(id);
+            }
             self.update(id);
             self.write_header(packet, key, op, flags, len, fwd_cnt);
             return PKT_HEADER_SIZE as u32 + len;
