@@ -150,6 +150,22 @@ pub enum ActivateError {
     Backend(#[source] io::Error),
 }
 
+/// The `N` queues [`VirtioDevice::activate`] got, checked: exactly `N`, each made ready by the
+/// driver.
+pub(crate) fn ready_queues<const N: usize>(
+    queues: Vec<Queue>,
+) -> Result<[Queue; N], ActivateError> {
+    let actual = queues.len();
+    let queues = <[Queue; N]>::try_from(queues).map_err(|_| ActivateError::QueueCount {
+        expected: N,
+        actual,
+    })?;
+    if let Some(index) = queues.iter().position(|queue| !queue.ready()) {
+        return Err(ActivateError::QueueNotReady { index });
+    }
+    Ok(queues)
+}
+
 /// The queue of a single-queue device (virtio-blk, virtio-rng) and what it needs, from
 /// `DRIVER_OK` to reset.
 pub(crate) struct ActiveQueue {
@@ -171,16 +187,7 @@ impl ActiveQueue {
         if slot.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let actual = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                actual,
-            });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady { index: 0 });
-        }
+        let [queue] = ready_queues(queues)?;
         *slot = Some(ActiveQueue {
             mem,
             queue,

@@ -49,7 +49,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
     VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
-use virtio_queue::{Queue, QueueState, QueueT};
+use virtio_queue::{Queue, QueueState};
 use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 
 pub use counters::{NetCounters, NetStats};
@@ -337,18 +337,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let actual = queues.len();
-        let Ok([rx, tx]) = <[Queue; 2]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                actual,
-            });
-        };
-        for (index, queue) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            if !queue.ready() {
-                return Err(ActivateError::QueueNotReady { index });
-            }
-        }
+        let [rx, tx] = super::ready_queues(queues)?;
         self.host
             .backend
             .set_offload(tap_offload_flags(acked_features))

@@ -288,26 +288,15 @@ impl VirtioDevice for Vsock {
         &mut self,
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
-        acked_features: u64,
+        _acked_features: u64,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let actual = queues.len();
-        let Ok([mut rx, mut tx, mut event]) = <[Queue; 3]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                actual,
-            });
-        };
-        let event_idx = acked_features & feature_bit(VIRTIO_RING_F_EVENT_IDX) != 0;
-        for (index, queue) in [&mut rx, &mut tx, &mut event].into_iter().enumerate() {
-            if !queue.ready() {
-                return Err(ActivateError::QueueNotReady { index });
-            }
-            queue.set_event_idx(event_idx);
-        }
+        // The transport has set each queue's VIRTIO_RING_F_EVENT_IDX as negotiated; no
+        // other feature changes what the device does.
+        let [rx, tx, event] = super::ready_queues(queues)?;
         self.active = Some(Active {
             mem,
             rx,

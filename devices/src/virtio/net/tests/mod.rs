@@ -8,6 +8,7 @@ mod tx;
 
 use std::sync::Arc;
 
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
