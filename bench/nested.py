@@ -159,8 +159,8 @@ fsrun() {  # fsrun VMM RUN: spawn → `true` ran
     t=$(fsboot $1 $OUT/fs-$1-$2 FS-TRUE-DONE 'true; echo FS-TRUE-DONE')
     echo "BENCH $1 $2 fs-true $t rc=$?"
 }
-fsio() {  # fsio VMM RUN fs|ext4: iobench fs on the virtio-fs share, or on an ext4 virtio-blk disk
-    log=$OUT/fsio-$3-$1-$2
+fsio() {  # fsio VMM RUN fs|ext4 [TRY]: iobench fs on the virtio-fs share, or on ext4 virtio-blk
+    log=$OUT/fsio-$3-$1-$2${4:+-retry}
     if [ $3 = fs ]; then
         fsboot $1 $log FS-IO-DONE "/job/iobench fs /job/fswork/data @FS_MB@; echo FS-IO-DONE" >/dev/null
     else
@@ -169,9 +169,11 @@ fsio() {  # fsio VMM RUN fs|ext4: iobench fs on the virtio-fs share, or on an ex
     rc=$?
     line=$(tr -d '\r' < $log.log | grep -a '^IOBENCH fs')
     if [ $rc != 0 ] || [ -z "$line" ]; then
-        # Seen with QEMU in L1 (no output at all): this boot's results are dropped and it is
-        # run again (see --retries).
+        # Seen with both VMMs in L1: a guest that resets at once, printing nothing (QEMU ends
+        # with 0; vmm reports a triple fault), or one that hangs. Tried once more; then this
+        # boot's results are dropped and it is run again (see --retries).
         echo "BENCH-FAILED $1 $2 fsio on=$3 rc=$rc"; tail -c 2000 $log.log; cat $log.err
+        [ -z "$4" ] && { fsio $1 $2 $3 retry; return; }
         exit 1
     fi
     echo "BENCH $1 $2 fsio rc=$rc on=$3 $line"
@@ -446,7 +448,8 @@ def parse(console, args):
                 mibs = args.vsock_mb / (int(kv["ns"]) / 1e9)
                 add(name, f"vsock-{kv['dir']}", mibs)
             else:
-                raise RuntimeError(f"a vsock run failed: {line}")
+                # Counted and shown, not averaged: seen when L1 itself broke down mid-run.
+                add(name, "vsock-failed", line)
         elif kind in ("shell-boot", "snap-restore"):
             found_ns = int(f[4])
             if found_ns < 0:
@@ -518,6 +521,8 @@ SNAP_ROWS = [
 # KVM_RUN spun in kvm_inject_apic_timer_irqs for minutes, deaf to spawn-until's SIGKILL, while
 # the watchdog's reports kept the console from going quiet.
 LOCKUP = b"watchdog: BUG: soft lockup"
+# The other sign of a stuck CPU there: work queued on it never runs (seen with vmm and QEMU).
+HUNG = b"blocked for more than"
 
 
 def run_testhost(job, work, env, stall, limit, log):
@@ -536,7 +541,8 @@ def run_testhost(job, work, env, stall, limit, log):
     with open(log, "ab") as f:
         while True:
             now = time.monotonic()
-            locked = LOCKUP in console[-65536 - len(LOCKUP):]
+            tail = console[-65536:]
+            locked = LOCKUP in tail or HUNG in tail
             if now - last > stall or now - start > limit or locked:
                 why = ("a CPU of the test host locked up" if locked
                        else f"the test host stalled ({now - last:.0f} s without output)")
@@ -628,6 +634,8 @@ def main():
 
     results, spawns, info = parse(console, args)
     for name in ("vmm", "qemu"):
+        for line in results[name].pop("vsock-failed", []):
+            print(f"a vsock measurement failed: {line}", file=sys.stderr)
         sink = results[name].pop("sink-bytes", [])
         if any(b != args.net_tx_mb << 20 for b in sink):
             sys.exit(f"{name}: the sink in L1 got {sink} bytes, not {args.net_tx_mb << 20}")
