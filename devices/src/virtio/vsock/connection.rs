@@ -251,6 +251,10 @@ impl Connection {
                 }
             }
         }
+        if self.tx_buf.is_empty() {
+            // What a stalled host reader made it hold goes back once it has caught up.
+            self.tx_buf.shrink_to_fit();
+        }
         self.finish_shutdowns();
     }
 
