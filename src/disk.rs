@@ -22,16 +22,34 @@ pub enum Error {
     Lock(#[source] io::Error),
 }
 
+/// Opens `path` as `options` say, without waiting for anything: a FIFO's `open` waits for a
+/// peer, which would leave vmm stuck before it can even be told to stop, so the open itself is
+/// non-blocking (`O_NONBLOCK`, taken off again for a regular file). `Ok(None)`: not a regular
+/// file.
+pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = options.custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: fcntl(2) on a descriptor this function owns; it reads the status flags and
+    // writes them back without O_NONBLOCK. Both results are checked.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some(file))
+}
+
 /// Opens and locks the disk image at `path`.
 pub fn open_disk(path: &Path, read_only: bool) -> Result<File, Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .map_err(Error::Open)?;
-    if !file.metadata().map_err(Error::Open)?.is_file() {
-        return Err(Error::NotRegular);
-    }
+    let file = open_regular(OpenOptions::new().read(true).write(!read_only), path)
+        .map_err(Error::Open)?
+        .ok_or(Error::NotRegular)?;
     let locked = if read_only {
         file.try_lock_shared()
     } else {
@@ -100,5 +118,25 @@ mod tests {
             open_disk(Path::new("/tmp"), true),
             Err(Error::NotRegular)
         ));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_peer() {
+        let p = image("fifo");
+        let _ = std::fs::remove_file(&p);
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fifo = p.clone();
+        std::thread::spawn(move || {
+            let refused = |read_only| matches!(open_disk(&fifo, read_only), Err(Error::NotRegular));
+            let _ = tx.send((refused(true), refused(false)));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a FIFO as a disk waited for a writer");
+        assert_eq!(got, (true, true));
+        let _ = std::fs::remove_file(&p);
     }
 }

@@ -20,7 +20,7 @@ use devices::{IoBuses, Persist};
 use vm_memory::GuestMemoryMmap;
 
 use crate::exit_stats::{ExitStats, VcpuExitStats};
-use crate::stop::VmStop;
+use crate::stop::{StopReason, VmStop};
 use crate::vcpu::control::{RunLoopGuard, VcpuControl};
 use crate::vcpu::state::VcpuState;
 use crate::vcpu::{self, Vcpu};
@@ -106,7 +106,7 @@ impl Vcpus {
                     let Ok(go) = go_rx.recv() else {
                         return;
                     };
-                    run(vcpu, go, &mem, &stop, control);
+                    stop_on_panic(index, &stop, || run(vcpu, go, &mem, &stop, control));
                 })?;
             vcpus
                 .threads
@@ -290,6 +290,23 @@ fn run(mut vcpu: Vcpu, go: Go, mem: &GuestMemoryMmap, stop: &VmStop, control: Ar
     }
 }
 
+/// Runs a vCPU thread's loop (`body`); if it panics (a bug in vmm, in a device reached from the
+/// vCPU or in KVM's answers), the VM stops with the panic's message and exit code 1, rather
+/// than going on without that vCPU. The panic itself is printed as Rust prints panics.
+fn stop_on_panic(index: u8, stop: &VmStop, body: impl FnOnce()) {
+    let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) else {
+        return;
+    };
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    stop.request(StopReason::Error(format!(
+        "vCPU {index} panicked: {message}; the VM stops"
+    )));
+}
+
 /// Reads every vCPU's state on its own thread (they must be parked: the VM paused); also says
 /// when vCPU 0's was read (its TSC).
 pub fn save_states(
@@ -341,4 +358,36 @@ pub enum SaveError {
     },
     #[error("vCPU {index} did not answer")]
     NoAnswer { index: usize },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_vcpu_thread_stops_the_vm_with_its_message_and_exit_code_1() {
+        let stop = VmStop::new().unwrap();
+        stop_on_panic(3, &stop, || panic!("boom {}", 7));
+        let reason = stop.reason().expect("the panic stops the VM");
+        assert_eq!(reason.exit_code(None), 1);
+        assert!(
+            reason.to_string().contains("vCPU 3 panicked: boom 7"),
+            "{reason}"
+        );
+
+        let stop = VmStop::new().unwrap();
+        stop_on_panic(0, &stop, || panic!("a static message"));
+        let reason = stop.reason().unwrap().to_string();
+        assert!(
+            reason.contains("vCPU 0 panicked: a static message"),
+            "{reason}"
+        );
+
+        let stop = VmStop::new().unwrap();
+        stop_on_panic(1, &stop, || {});
+        assert!(
+            stop.reason().is_none(),
+            "a thread that ends normally stops nothing"
+        );
+    }
 }

@@ -374,6 +374,27 @@ fn bad_vsock_options_and_socket_paths() {
 }
 
 #[test]
+fn a_fifo_as_kernel_or_disk_is_refused_at_once() {
+    let fifo = scratch("errors-fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path; the result is checked.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo = fifo.display().to_string();
+    // Before, open(2) waited for a writer: vmm hung here, deaf to SIGTERM.
+    let o = vmm(&["--kernel", &fifo], &[], None);
+    assert_error(&o, 2, "cannot open the kernel");
+    assert!(o.stderr.contains("not a regular file"), "{}", o.stderr);
+    let kernel = guest("pvh.elf").display().to_string();
+    for drive in [format!("path={fifo},ro"), format!("path={fifo}")] {
+        let o = vmm(&["--kernel", &kernel, "--drive", &drive], &[], None);
+        assert_error(&o, 2, "cannot use the disk image");
+        assert!(o.stderr.contains("not a regular file"), "{}", o.stderr);
+    }
+    let _ = std::fs::remove_file(&fifo);
+}
+
+#[test]
 fn unusable_disk_images() {
     let kernel = guest("pvh.elf").display().to_string();
     let o = vmm(

@@ -218,14 +218,8 @@ fn host_ram_mib() -> u64 {
 }
 
 fn open(path: &Path) -> io::Result<File> {
-    let file = File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(file)
+    crate::disk::open_regular(std::fs::OpenOptions::new().read(true), path)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))
 }
 
 /// Checks the user's values that need no KVM: CPU count, memory size against the host.

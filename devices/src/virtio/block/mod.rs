@@ -20,7 +20,7 @@ mod tests;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -144,6 +144,14 @@ struct Disk {
     /// `VIRTIO_BLK_F_FLUSH` not negotiated: the driver never flushes, so every write is made
     /// durable before it completes (§5.2.5).
     write_through: bool,
+    /// An `fdatasync` failed: the kernel may have dropped the dirty pages it could not write,
+    /// so a later one that succeeds proves nothing. Every flush after it fails too, for as long
+    /// as the file is open (QEMU's file driver does the same), and the guest knows its data
+    /// may be gone.
+    sync_failed: AtomicBool,
+    /// Tests: the next `fdatasync` fails with this error, as a disk's would.
+    #[cfg(test)]
+    fail_next_sync: std::sync::Mutex<Option<io::ErrorKind>>,
     counters: Arc<BlockCounters>,
 }
 
@@ -228,6 +236,9 @@ impl Block {
                 read_only,
                 id: id_bytes,
                 write_through: false,
+                sync_failed: AtomicBool::new(false),
+                #[cfg(test)]
+                fail_next_sync: Default::default(),
                 counters: Arc::default(),
             },
             avail_features,

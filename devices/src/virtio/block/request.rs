@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_blk::{
@@ -49,6 +50,8 @@ enum RequestError {
     ReadOnly,
     #[error("I/O error on the disk image")]
     Io(#[source] io::Error),
+    #[error("an earlier fdatasync of the disk image failed")]
+    SyncFailedBefore,
 }
 
 impl RequestError {
@@ -233,6 +236,31 @@ impl Disk {
         }
     }
 
+    /// `fdatasync`, failing for good once it failed (see `Disk::sync_failed`).
+    fn sync(&self) -> Result<(), RequestError> {
+        if self.sync_failed.load(Ordering::Relaxed) {
+            return Err(RequestError::SyncFailedBefore);
+        }
+        #[cfg(test)]
+        let injected = self
+            .fail_next_sync
+            .lock()
+            .unwrap()
+            .take()
+            .map(io::Error::from);
+        #[cfg(not(test))]
+        let injected: Option<io::Error> = None;
+        let result = match injected {
+            Some(e) => Err(e),
+            None => self.file.sync_data(),
+        };
+        result.map_err(|e| {
+            // Logged with the request's failure; the later ones at debug level.
+            self.sync_failed.store(true, Ordering::Relaxed);
+            RequestError::Io(e)
+        })
+    }
+
     /// Runs the request in `request` (header and data descriptors); returns the number of
     /// bytes written to guest memory.
     fn execute(&self, mem: &GuestMemoryMmap, request: &[Descriptor]) -> Result<u32, RequestError> {
@@ -243,7 +271,7 @@ impl Disk {
             VIRTIO_BLK_T_OUT => self.write(mem, request_type, sector, data).map(|()| 0),
             VIRTIO_BLK_T_FLUSH => {
                 // §5.2.6: FLUSH carries no data and ignores `sector`.
-                self.file.sync_data().map_err(RequestError::Io)?;
+                self.sync()?;
                 BlockCounters::add(&self.counters.flushes, 1);
                 Ok(0)
             }
@@ -359,7 +387,7 @@ impl Disk {
         let offset = self.disk_offset(sector, len)?;
         self.transfer(mem, data, offset, true)?;
         if self.write_through {
-            self.file.sync_data().map_err(RequestError::Io)?;
+            self.sync()?;
         }
         BlockCounters::add(&self.counters.writes, 1);
         BlockCounters::add(&self.counters.bytes_written, len);

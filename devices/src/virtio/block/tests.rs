@@ -800,3 +800,24 @@ fn transfer_all_resumes_after_short_transfers() {
     let err = unsafe { transfer_all(&file, &mut iov, 512, false) }.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
 }
+
+#[test]
+fn a_failed_fdatasync_fails_every_later_flush() {
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    *h.block.disk.fail_next_sync.lock().unwrap() = Some(std::io::ErrorKind::Other);
+    let (_, status) = h.request(VIRTIO_BLK_T_FLUSH, 0, &[]);
+    assert_eq!(status, VIRTIO_BLK_S_IOERR as u8);
+    // The file's own fdatasync would succeed now; the failure stands.
+    for _ in 0..3 {
+        let (_, status) = h.request(VIRTIO_BLK_T_FLUSH, 0, &[]);
+        assert_eq!(
+            status, VIRTIO_BLK_S_IOERR as u8,
+            "a flush after a failed one succeeded"
+        );
+    }
+    assert_eq!(h.stats().flushes, 0);
+    // Reads still work.
+    let (_, status) = h.request(VIRTIO_BLK_T_IN, 0, &[w(DATA, 512)]);
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+}
