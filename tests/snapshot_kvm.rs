@@ -65,13 +65,18 @@ fn a_restored_guest_continues_where_it_was_paused() {
         data > 0 && data < 8 << 20,
         "holes stay holes: {data} bytes of data in a 32 MiB guest that touched little"
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     for file in ["state", "memory"] {
         assert!(
             dir.join(file).is_file(),
             "{file} missing in {}",
             dir.display()
         );
+        // Guest RAM and registers: for the owner only, whatever the umask.
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
+    assert_eq!(mode(&dir), 0o700, "the snapshot directory vmm made");
 
     let mut vm = restore("continue-restored", &dir, &[]);
     vm.send(b"gamma\n");

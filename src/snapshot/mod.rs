@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -117,12 +118,26 @@ fn prepare_dir(dir: &Path) -> Result<(), SaveError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(dir).map_err(io_err),
+        // Only its owner may enter it: the memory file is the guest's RAM.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err),
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
             Err(SaveError::NotEmpty(dir.to_path_buf()))
         }
         Err(e) => Err(io_err(e)),
     }
+}
+
+/// A new file at `path` that only its owner can read or write (mode 0600 from the start, not
+/// `0666 & ~umask`): guest RAM and registers are the guest's secrets.
+fn create_private(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Makes `dir` (new, or empty) a snapshot of `state` and `mem`, taken with the VM paused since
@@ -141,11 +156,11 @@ pub fn save(
     };
     // The memory file first: a directory with a state file holds a whole snapshot.
     let memory_path = dir.join(MEMORY_FILE);
-    let memory = File::create_new(&memory_path)
+    let memory = create_private(&memory_path)
         .and_then(|file| memory::save(mem, &file))
         .map_err(io_err(&memory_path))?;
     let state_path = dir.join(STATE_FILE);
-    File::create_new(&state_path)
+    create_private(&state_path)
         .and_then(|mut file| {
             file.write_all(&bytes)?;
             file.sync_data()
