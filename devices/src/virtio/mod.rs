@@ -223,8 +223,16 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
 
     /// Writes the device configuration space at `offset`; writes to read-only or absent fields are
-    /// ignored.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// ignored. Default: every field is read-only (true of every device here: virtio-blk's
+    /// `wce` would need `VIRTIO_BLK_F_CONFIG_WCE`, virtio-net's `mac` is read-only for a modern
+    /// driver), so the write is logged at debug level and dropped.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio device {}: ignoring {}-byte config write at {offset:#x}",
+            self.device_type(),
+            data.len()
+        );
+    }
 
     /// Starts the device: the driver set `DRIVER_OK` (virtio 1.2 §3.1.1).
     ///

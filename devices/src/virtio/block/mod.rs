@@ -23,7 +23,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::warn;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_ID_BYTES,
@@ -286,14 +286,6 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Every field we expose is read-only (`wce` would need VIRTIO_BLK_F_CONFIG_WCE).
-        debug!(
-            "virtio-blk: ignoring {}-byte config write at {offset:#x}",
-            data.len()
-        );
     }
 
     fn activate(

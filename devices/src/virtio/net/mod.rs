@@ -319,14 +319,6 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         super::read_config_bytes(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // §5.1.4: `mac` is read-only for a modern driver; nothing else is exposed.
-        debug!(
-            "virtio-net: ignoring {}-byte config write at {offset:#x}",
-            data.len()
-        );
-    }
-
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
