@@ -49,7 +49,7 @@ pub(super) enum RxPacket {
 #[derive(Debug)]
 pub(super) struct Connection {
     pub stream: UnixStream,
-    pub state: State,
+    state: State,
     /// Control packets owed to the guest.
     controls: VecDeque<Control>,
     /// An `RST` is owed: the connection ends once it is sent.
@@ -159,6 +159,15 @@ impl Connection {
     pub fn owe(&mut self, control: Control) {
         if !self.controls.contains(&control) {
             self.controls.push_back(control);
+        }
+    }
+
+    /// When a host-initiated connection gives up waiting for the guest's answer; none once the
+    /// guest answered or an `RST` is owed (the timer then has nothing left to wait for here).
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::LocalInit(deadline) if !self.reset => Some(deadline),
+            _ => None,
         }
     }
 

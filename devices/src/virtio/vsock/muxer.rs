@@ -22,7 +22,7 @@ use vm_memory::bitmap::BitmapSlice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{read_connect_line, Bounce, Connection, Control, RxPacket, State};
+use super::connection::{read_connect_line, Bounce, Connection, Control, RxPacket};
 use super::{
     op, CONN_BUF_ALLOC, HOST_CID, LOG_NAME, MAX_CONNECTIONS, SHUTDOWN_RCV, SHUTDOWN_SEND,
     TYPE_STREAM,
@@ -138,6 +138,12 @@ impl Muxer {
     #[cfg(test)]
     pub(super) fn buffered(&self) -> usize {
         self.conns.values().map(|(_, c)| c.buffered()).sum()
+    }
+
+    /// Whether the deadline timer is set.
+    #[cfg(test)]
+    pub(super) fn timer_armed(&self) -> bool {
+        self.timer_at.is_some()
     }
 
     /// `RST`s waiting for receive buffers.
@@ -272,9 +278,8 @@ impl Muxer {
             return;
         };
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let conn = Connection::host_initiated(stream, deadline);
-        // Registered with the listener's interest until `update` sets its own.
-        let mut conn = conn;
+        let mut conn = Connection::host_initiated(stream, deadline);
+        // Registered with the pending host program's interest until `sync_interest` sets its own.
         conn.interest = Some((libc::EPOLLIN | libc::EPOLLRDHUP) as u32);
         self.ids.insert((local_port, peer_port), id);
         self.conns.insert(id, ((local_port, peer_port), conn));
@@ -306,7 +311,7 @@ impl Muxer {
         let late: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, (_, c))| matches!(c.state, State::LocalInit(d) if d <= now))
+            .filter(|(_, (_, c))| c.deadline().is_some_and(|d| d <= now))
             .map(|(&id, _)| id)
             .collect();
         for id in late {
@@ -320,10 +325,7 @@ impl Muxer {
             .pending_host
             .values()
             .map(|p| p.deadline)
-            .chain(self.conns.values().filter_map(|(_, c)| match c.state {
-                State::LocalInit(d) => Some(d),
-                State::Established => None,
-            }))
+            .chain(self.conns.values().filter_map(|(_, c)| c.deadline()))
             .min();
         if let Some(next) = next {
             self.arm_timer(next);
@@ -446,8 +448,8 @@ impl Muxer {
         }
     }
 
-    /// After anything happened to connection `id`: its epoll interest as it now wants, and
-    /// its place in the queue for the guest.
+    /// After anything happened to connection `id`: its place in the queue for the guest, and a
+    /// mark for [`Muxer::sync_interest`].
     fn update(&mut self, id: u64) {
         let Some((_, conn)) = self.conns.get_mut(&id) else {
             return;
@@ -465,7 +467,8 @@ impl Muxer {
     /// event, after the guest got what it could take: a message that is read as soon as it
     /// comes never takes its socket out of the set and back.
     pub fn sync_interest(&mut self) {
-        for id in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for id in dirty.drain(..) {
             let Some((_, conn)) = self.conns.get_mut(&id) else {
                 continue;
             };
@@ -503,6 +506,8 @@ impl Muxer {
                 }
             }
         }
+        // Its allocation is kept for the next event.
+        self.dirty = dirty;
     }
 
     /// Writes the next packet for the guest into `packet` (a receive buffer) and returns its

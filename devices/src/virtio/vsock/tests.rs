@@ -418,6 +418,30 @@ fn a_guest_that_does_not_answer_or_a_host_that_sends_no_connect_line_times_out()
 }
 
 #[test]
+fn a_timed_out_connection_waiting_for_receive_buffers_leaves_the_timer_alone() {
+    let mem = memory();
+    let mut h = Harness::new(&mem, false);
+    // No receive buffers at all: the REQUEST, then the RST, wait for them.
+    let mut host = UnixStream::connect(&h.path).unwrap();
+    host.write_all(b"CONNECT 7005\n").unwrap();
+    h.pump_until(|h| h.dev.muxer.connections() == 1);
+    let past = Instant::now() + CONNECT_TIMEOUT + Duration::from_millis(300);
+    while Instant::now() < past {
+        h.dev.process_backend(0);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.dev.process_backend(0);
+    // The RST is owed and cannot go: nothing is left to time, so the timer must not keep
+    // firing (it did, every millisecond, before).
+    assert!(!h.dev.muxer.timer_armed(), "the timer is still armed");
+    assert_eq!(h.dev.muxer.connections(), 1);
+    let rst = h.expect_op(op::RST);
+    assert_eq!(rst.dst_port, 7005);
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(host.read(&mut [0u8; 8]).unwrap(), 0);
+}
+
+#[test]
 fn host_data_waits_for_guest_credit() {
     let mem = memory();
     let mut h = Harness::new(&mem, false);
