@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{guest, run_vmm, spawn};
 
@@ -201,5 +201,54 @@ fn a_locked_image_is_refused() {
         second.stderr.contains("locked by another process"),
         "{}",
         second.stderr
+    );
+}
+
+/// Issue 23: a guest that keeps its request queue full without end (`test=blkflood`: every
+/// completion is resubmitted at once) does not keep the event loop in the block device: the
+/// API answers and SIGTERM ends vmm, each within 2 s.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn a_guest_that_floods_a_queue_does_not_starve_the_vmm() {
+    use common::api::{curl, socket_path, ApiVm};
+    let img = disk("blk-flood.img");
+    // Large reads: each takes the device longer than the (emulated) guest takes to resubmit.
+    std::fs::File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let sock = socket_path("blk-flood");
+    let a = blk_args(
+        &[
+            "--rootfs",
+            &img.display().to_string(),
+            "--cpus",
+            "2",
+            "--api-socket",
+            &sock.display().to_string(),
+        ],
+        "test=blkflood floodkib=16384",
+    );
+    let vm = ApiVm::spawn(sock.clone(), &a);
+    vm.wait_for("blkflood: flooding\n");
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let (status, body) = curl(&sock, "GET", "/vm", None);
+    let answered = start.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        answered < Duration::from_secs(2),
+        "GET /vm took {answered:?} during the flood"
+    );
+    let start = Instant::now();
+    vm.signal(libc::SIGTERM);
+    let (code, stderr) = vm.wait(LIMIT);
+    let ended = start.elapsed();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        ended < Duration::from_secs(2),
+        "SIGTERM took {ended:?} during the flood"
     );
 }

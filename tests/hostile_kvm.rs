@@ -54,7 +54,10 @@ fn a_hostile_guest_cannot_take_the_vmm_down() {
 
     let uds = scratch("hostile-vsock.sock");
     let _ = std::fs::remove_file(&uds);
-    let port_1024 = std::os::unix::net::UnixListener::bind(format!("{}_1024", uds.display()))
+    let port_1024_path = format!("{}_1024", uds.display());
+    // A run that was killed leaves it behind.
+    let _ = std::fs::remove_file(&port_1024_path);
+    let port_1024 = std::os::unix::net::UnixListener::bind(&port_1024_path)
         .expect("listen for the guest's connections to port 1024");
     std::thread::spawn(move || {
         for stream in port_1024.incoming().flatten() {

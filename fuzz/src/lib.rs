@@ -312,10 +312,16 @@ pub fn queue_from(input: &mut Input, max: u16, span: u64) -> QueueSetup {
     }
 }
 
-/// Runs queue `index` as the event loop does when its notification eventfd fires.
+/// Runs queue `index` as the event loop does when its notification eventfd fires, and again
+/// while a run stops at its budget (a few times at most: the fuzzer's rings are small).
 pub fn notify(device: &Arc<Mutex<dyn VirtioDevice>>, index: usize) {
-    device
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .process_queue(index);
+    for _ in 0..8 {
+        let run = device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .process_queue(index);
+        if !run.more {
+            break;
+        }
+    }
 }

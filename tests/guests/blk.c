@@ -473,3 +473,38 @@ void test_blkbench(const char *cmdline)
     print("\n");
     stop();
 }
+
+/* ---- test=blkflood ---- */
+
+/*
+ * Keeps the request queue full without end: every slot holds a read of `floodkib` KiB
+ * (default 4096) from sector 0 into one shared buffer at BUF_HIGH, and each completion is
+ * resubmitted at once, so the device never finds the ring empty. Prints
+ * `blkflood: flooding` once, then nothing; the VM ends only from outside.
+ */
+void test_blkflood(const char *cmdline) __attribute__((noreturn));
+void test_blkflood(const char *cmdline)
+{
+    blk_init(cmdline);
+    u32 kib = cmdline_get_u32(cmdline, "floodkib", 4096);
+    if (kib < 1 || kib > BUF_HIGH_SIZE / 1024 || (u64)kib * 2 > capacity)
+        fail("blkflood: need floodkib 1..32768 within the disk");
+    u32 slots = vq.size / 3;
+    for (u32 slot = 0; slot < slots; slot++)
+        submit(slot, T_IN, 0, BUF_HIGH, kib * 1024, 1);
+    notify();
+    print("blkflood: flooding\n");
+    for (;;) {
+        u32 again = 0;
+        while (virtq_used_pending(&vq)) {
+            u32 len;
+            u32 slot = virtq_pop_used(&vq, &len) / 3;
+            if (slot < slots) {
+                submit(slot, T_IN, 0, BUF_HIGH, kib * 1024, 1);
+                again++;
+            }
+        }
+        if (again)
+            virtq_kick(&dev, &vq);
+    }
+}

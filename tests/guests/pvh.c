@@ -47,6 +47,7 @@ void load_zero_idt(void);
 void test_blk(const char *cmdline) __attribute__((noreturn));
 void test_blkbench(const char *cmdline) __attribute__((noreturn));
 void test_blklines(const char *cmdline) __attribute__((noreturn));
+void test_blkflood(const char *cmdline) __attribute__((noreturn));
 /* net.c: virtio-net over virtio-mmio */
 void test_net(const char *cmdline) __attribute__((noreturn));
 void test_netbench(const char *cmdline) __attribute__((noreturn));
@@ -320,6 +321,8 @@ void main(struct hvm_start_info *si)
         test_blk(cmdline);
     if (str_eq(test, "blkbench"))
         test_blkbench(cmdline);
+    if (str_eq(test, "blkflood"))
+        test_blkflood(cmdline);
     if (str_eq(test, "net"))
         test_net(cmdline);
     if (str_eq(test, "netbench"))

@@ -33,7 +33,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    feature_bit, ActivateError, QueueRun, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::power::StopTrigger;
@@ -310,12 +310,12 @@ impl VirtioDevice for Fs {
         Vec::new()
     }
 
-    fn process_queue(&mut self, queue_index: usize) -> bool {
+    fn process_queue(&mut self, queue_index: usize) -> QueueRun {
         if self.broken {
-            return false;
+            return QueueRun::default();
         }
         let Some(active) = self.active.as_ref() else {
-            return false;
+            return QueueRun::default();
         };
         if !active.ready {
             if let Err(e) = self.set_up_backend() {
@@ -325,7 +325,7 @@ impl VirtioDevice for Fs {
                 );
                 self.broken = true;
                 self.gone.request();
-                return false;
+                return QueueRun::default();
             }
         }
         if let Some(kick) = self.kicks.get(queue_index) {
@@ -333,7 +333,7 @@ impl VirtioDevice for Fs {
                 warn!("{LOG_NAME}: cannot notify the back end: {e}");
             }
         }
-        false
+        QueueRun::default()
     }
 
     /// Each queue's call eventfd, then the back end's socket.

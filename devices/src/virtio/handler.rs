@@ -110,7 +110,13 @@ impl MutEventSubscriber for QueueHandler {
                     // Several notifications since the last read are one: the device takes
                     // every buffer there is.
                     let _ = evt.read();
-                    self.lock_device().process_queue(token as usize);
+                    let run = self.lock_device().process_queue(token as usize);
+                    if run.more {
+                        // Back of the line: epoll reports every other ready descriptor first.
+                        if let Err(e) = evt.write(1) {
+                            error!("cannot re-arm virtio queue {token}: {e}");
+                        }
+                    }
                 }
                 None => warn!("unexpected virtio event token {token}"),
             },

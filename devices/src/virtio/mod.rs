@@ -64,6 +64,7 @@ pub use block::Block;
 pub use handler::QueueHandler;
 pub use mmio::MmioTransport;
 pub use net::{Net, NetBackend, Tap};
+pub use queue::{BYTES_PER_RUN, CHAINS_PER_RUN};
 pub use rng::Rng;
 use virtio_queue::QueueT;
 pub use virtio_queue::{Queue, QueueState};
@@ -166,6 +167,16 @@ pub(crate) fn ready_queues<const N: usize>(
     Ok(queues)
 }
 
+/// What one [`VirtioDevice::process_queue`] call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueRun {
+    /// The driver was sent a used buffer notification.
+    pub notified: bool,
+    /// The run stopped at its budget ([`CHAINS_PER_RUN`], [`BYTES_PER_RUN`]) and the queue may
+    /// hold more: run it again after everyone else had a turn.
+    pub more: bool,
+}
+
 /// The queue of a single-queue device (virtio-blk, virtio-rng) and what it needs, from
 /// `DRIVER_OK` to reset.
 pub(crate) struct ActiveQueue {
@@ -264,15 +275,18 @@ pub trait VirtioDevice: Send {
     /// can, so that the restored device takes them again (see [`net`] for virtio-net's).
     fn queue_states(&self) -> Vec<QueueState>;
 
-    /// Processes every available buffer of queue `queue_index`: the driver notified the queue.
+    /// Processes the available buffers of queue `queue_index`: the driver notified the queue,
+    /// or the last run stopped at its budget.
     ///
     /// Called only by the [`QueueHandler`], on the VMM's event-loop thread, when the queue's
-    /// notification eventfd fired, whether KVM signalled it (an ioeventfd on `QueueNotify`) or
-    /// the transport did (a trapped `QueueNotify` write); the transport never calls it. Several
-    /// notifications may come as one call. Returns whether the guest was sent a used buffer
-    /// notification. Does nothing and returns `false` for an unknown queue or an inactive
+    /// notification eventfd fired, whether KVM signalled it (an ioeventfd on `QueueNotify`),
+    /// the transport did (a trapped `QueueNotify` write) or the handler did (after a run that
+    /// returned [`QueueRun::more`]); the transport never calls it. Several notifications may
+    /// come as one call. A run takes at most [`CHAINS_PER_RUN`] chains ([`BYTES_PER_RUN`]
+    /// bytes) and then returns `more`, so that a guest refilling a queue without end cannot keep the event loop from
+    /// the other devices, signals and the API. Does nothing for an unknown queue or an inactive
     /// device (KVM signals an ioeventfd whatever the device status).
-    fn process_queue(&mut self, queue_index: usize) -> bool;
+    fn process_queue(&mut self, queue_index: usize) -> QueueRun;
 
     /// Host file descriptors the device takes input from (virtio-net: its TAP), for the VMM to
     /// poll. The list is fixed when the device is created and never changes; position `index`

@@ -31,38 +31,72 @@ pub(crate) fn pop_chain<'a>(
 /// claims more buffers than the queue holds).
 const MAX_EMPTY_ROUNDS: u32 = 2;
 
+/// The most chains one run over a queue takes ([`process_chains`], and the devices with loops
+/// of their own). A guest that refills a queue as fast as the device empties it would
+/// otherwise keep the event loop in that device: after this many (or once the chains taken
+/// hold [`BYTES_PER_RUN`] bytes: a few large block requests), the run ends with
+/// [`Processed::more`], the device returns [`QueueRun::more`](super::QueueRun::more), and the
+/// [`QueueHandler`](super::QueueHandler) signals the queue's notification eventfd itself, so
+/// that the event loop comes back to it only after every other ready descriptor (other
+/// devices, the console, signals, the API) had its turn: epoll hands out ready descriptors
+/// round robin.
+pub const CHAINS_PER_RUN: usize = 64;
+/// The most bytes of buffers (the sum of the taken chains' descriptor lengths) one run of
+/// [`process_chains`] takes; the chain that crosses it is the run's last.
+pub const BYTES_PER_RUN: u64 = 8 << 20;
+
+/// What [`process_chains`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Processed {
+    /// Chains went to the used ring (then ask [`needs_notification`]).
+    pub added: bool,
+    /// The run stopped at [`CHAINS_PER_RUN`] chains or [`BYTES_PER_RUN`] bytes with
+    /// notifications still off: the queue is to be run again.
+    pub more: bool,
+}
+
 /// The standard loop on `queue` (virtio 1.2 §2.7.7, §2.7.10): with notifications off, takes
 /// chains until the ring is empty, hands each to `execute` (which returns the chain's used
 /// length, the bytes it wrote into the chain) and puts it in the used ring; then turns
 /// notifications back on and looks again, so that a buffer the driver added meanwhile is not
 /// left behind. Twice in a row with nothing taken means the available index is bogus: it stops
-/// instead of spinning, and the next notification tries again.
+/// instead of spinning, and the next notification tries again. At most [`CHAINS_PER_RUN`]
+/// chains and [`BYTES_PER_RUN`] bytes: then it stops with [`Processed::more`] (notifications stay off: the caller comes
+/// back without the driver's help, and a run that finds the ring empty ends as usual).
 ///
-/// Returns whether any chain went to the used ring (then ask [`needs_notification`]).
 /// `device` names the device and queue in log messages.
 pub(crate) fn process_chains<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     device: &str,
     mut execute: F,
-) -> bool
+) -> Processed
 where
     F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 {
     let mut added = false;
     let mut empty_rounds = 0;
+    let mut taken = 0;
+    let mut bytes = 0;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
             debug!("{device}: cannot disable notifications: {e}");
         }
         let mut popped = false;
         while let Some(chain) = pop_chain(queue, mem, device) {
+            taken += 1;
             popped = true;
+            // The descriptors are read twice; they are in guest memory the device reads anyway.
+            bytes += chain.clone().map(|d| u64::from(d.len())).sum::<u64>();
             let head = chain.head_index();
             let len = execute(chain);
             match queue.add_used(mem, head, len) {
                 Ok(()) => added = true,
                 Err(e) => debug!("{device}: cannot return chain {head}: {e}"),
+            }
+            if taken == CHAINS_PER_RUN || bytes >= BYTES_PER_RUN {
+                // Whether or not the ring is empty now, the next run finds out.
+                return Processed { added, more: true };
             }
         }
         empty_rounds = if popped { 0 } else { empty_rounds + 1 };
@@ -80,7 +114,7 @@ where
             }
         }
     }
-    added
+    Processed { added, more: false }
 }
 
 /// Whether the driver wants a used buffer notification for `queue`, to which the device has

@@ -30,7 +30,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::queue;
 use super::{
-    feature_bit, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    feature_bit, ActivateError, ActiveQueue, QueueRun, VirtioDevice, VirtioInterrupt,
+    CHAINS_PER_RUN, VIRTIO_F_VERSION_1,
 };
 
 /// Size of the request queue.
@@ -162,8 +163,9 @@ impl Rng {
         self.stats
     }
 
-    /// Serves the queue until it is empty or the bucket is dry; says whether the guest was
-    /// notified.
+    /// Serves the queue until it is empty, the bucket is dry or [`CHAINS_PER_RUN`] chains
+    /// were taken (then the timer brings the device back at once, after the rest of the event
+    /// loop's ready descriptors); says whether the guest was notified.
     fn serve(&mut self) -> bool {
         let Self {
             active,
@@ -180,6 +182,7 @@ impl Rng {
         let queue = &mut active.queue;
         let mut added = false;
         let mut empty_rounds = 0;
+        let mut taken = 0;
         'rounds: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 debug!("{LOG_NAME}: cannot disable notifications: {e}");
@@ -199,9 +202,18 @@ impl Rng {
                     }
                     break 'rounds;
                 }
+                if taken == CHAINS_PER_RUN {
+                    // Its turn is over; notifications stay off, the timer brings it back.
+                    match timer.reset(Duration::from_nanos(1), None) {
+                        Ok(()) => *throttled = true,
+                        Err(e) => debug!("{LOG_NAME}: cannot arm the timer: {e}"),
+                    }
+                    break 'rounds;
+                }
                 let Some(chain) = queue::pop_chain(queue, mem, LOG_NAME) else {
                     break;
                 };
+                taken += 1;
                 popped = true;
                 let head = chain.head_index();
                 let len = fill_chain(chain, mem, bucket, stats, buf);
@@ -335,12 +347,17 @@ impl VirtioDevice for Rng {
         ActiveQueue::states(&self.active)
     }
 
-    fn process_queue(&mut self, queue_index: usize) -> bool {
+    /// Never `more`: a run that reached its budget left the device throttled, and its timer
+    /// brings it back (for runs from either the queue or the timer).
+    fn process_queue(&mut self, queue_index: usize) -> QueueRun {
         // While throttled the timer brings the device back; a notification changes nothing.
         if queue_index != 0 || self.throttled {
-            return false;
+            return QueueRun::default();
         }
-        self.serve()
+        QueueRun {
+            notified: self.serve(),
+            more: false,
+        }
     }
 
     fn backend_fds(&self) -> Vec<RawFd> {

@@ -34,8 +34,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::queue;
 use super::{
-    feature_bit, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    feature_bit, ActivateError, ActiveQueue, QueueRun, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Size of the request queue.
@@ -317,20 +317,23 @@ impl VirtioDevice for Block {
 
     /// The standard loop (`queue::process_chains`) over the request queue, then one used
     /// buffer notification if the driver wants it.
-    fn process_queue(&mut self, queue_index: usize) -> bool {
+    fn process_queue(&mut self, queue_index: usize) -> QueueRun {
         let Self { disk, active, .. } = self;
         let Some(active) = active.as_mut().filter(|_| queue_index == 0) else {
-            return false;
+            return QueueRun::default();
         };
         let mem = &active.mem;
-        let added = queue::process_chains(&mut active.queue, mem, LOG_NAME, |chain| {
+        let run = queue::process_chains(&mut active.queue, mem, LOG_NAME, |chain| {
             disk.execute_chain(mem, chain)
         });
-        if !added || !queue::needs_notification(&mut active.queue, mem, LOG_NAME) {
-            return false;
+        let notified = run.added && queue::needs_notification(&mut active.queue, mem, LOG_NAME);
+        if notified {
+            queue::signal_used_queue(active.interrupt.as_ref(), LOG_NAME);
+            BlockCounters::add(&disk.counters.notifications, 1);
         }
-        queue::signal_used_queue(active.interrupt.as_ref(), LOG_NAME);
-        BlockCounters::add(&disk.counters.notifications, 1);
-        true
+        QueueRun {
+            notified,
+            more: run.more,
+        }
     }
 }

@@ -650,7 +650,7 @@ fn bogus_available_index_does_not_hang_the_device() {
     let mut h = Harness::new(&mem);
     let good = h.q.avail_idx();
     h.q.set_avail_idx(good.wrapping_add(QUEUE_SIZE + 10));
-    assert!(!h.block.process_queue(0));
+    assert!(!h.block.process_queue(0).notified);
     assert_eq!(h.q.take_used(), []);
     h.q.set_avail_idx(good);
     h.assert_still_works();
@@ -664,7 +664,7 @@ fn one_notification_per_batch() {
     for (i, addr) in [DATA, DATA2, DATA3].into_iter().enumerate() {
         h.q.add_chain(&[r(HDR, 16), w(addr, 512), w(STATUS + i as u64, 1)]);
     }
-    assert!(h.block.process_queue(0));
+    assert!(h.block.process_queue(0).notified);
     let used = h.q.take_used();
     assert_eq!(
         used.iter().map(|u| u.1).collect::<Vec<_>>(),
@@ -675,13 +675,13 @@ fn one_notification_per_batch() {
     assert_eq!(h.q.used_flags(), 0, "notifications are enabled again");
 
     // Nothing new: no notification.
-    assert!(!h.block.process_queue(0));
+    assert!(!h.block.process_queue(0).notified);
     assert_eq!(h.irq.used(), 1);
     // Another queue index: nothing.
     h.q.add_chain(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
-    assert!(!h.block.process_queue(1));
+    assert!(!h.block.process_queue(1).notified);
     assert_eq!(h.q.take_used(), []);
-    assert!(h.block.process_queue(0));
+    assert!(h.block.process_queue(0).notified);
     assert_eq!(h.q.take_used().len(), 1);
 }
 
@@ -694,14 +694,17 @@ fn event_idx_suppresses_notifications_until_used_event() {
     h.q.set_used_event(2);
     for _ in 0..2 {
         h.q.add_chain(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
-        assert!(!h.block.process_queue(0), "used_event not reached");
+        assert!(!h.block.process_queue(0).notified, "used_event not reached");
     }
     assert_eq!(h.irq.used(), 0);
     assert_eq!(h.q.take_used().len(), 2);
     // The device asks to be notified at the next available index.
     assert_eq!(h.q.avail_event(), 2);
     h.q.add_chain(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
-    assert!(h.block.process_queue(0), "used index went from 2 to 3");
+    assert!(
+        h.block.process_queue(0).notified,
+        "used index went from 2 to 3"
+    );
     assert_eq!(h.irq.used(), 1);
     assert_eq!(h.q.avail_event(), 3);
 }
@@ -741,7 +744,7 @@ fn activate_checks_queues_and_reset_deactivates() {
         .unwrap_err();
     assert!(matches!(err, ActivateError::QueueNotReady { index: 0 }));
     assert!(!block.is_activated());
-    assert!(!block.process_queue(0));
+    assert!(!block.process_queue(0).notified);
 
     block
         .activate(mem.clone(), vec![q.queue()], 0, irq.clone())
@@ -754,7 +757,7 @@ fn activate_checks_queues_and_reset_deactivates() {
 
     block.reset();
     assert!(!block.is_activated());
-    assert!(!block.process_queue(0));
+    assert!(!block.process_queue(0).notified);
     block
         .activate(mem.clone(), vec![q.queue()], 0, irq)
         .unwrap();

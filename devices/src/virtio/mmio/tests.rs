@@ -125,9 +125,9 @@ impl VirtioDevice for FakeDevice {
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
         self.queues.iter().map(Queue::state).collect()
     }
-    fn process_queue(&mut self, queue_index: usize) -> bool {
+    fn process_queue(&mut self, queue_index: usize) -> crate::virtio::QueueRun {
         self.calls.processed.push(queue_index);
-        false
+        crate::virtio::QueueRun::default()
     }
 }
 
@@ -763,13 +763,13 @@ fn block_device_end_to_end() {
     // with EVENT_IDX the driver asks for the next interrupt by moving used_event.
     q.add_chain(&[r(hdr, 16), w(data, 512), w(status, 1)]);
     assert!(
-        !t.device().lock().unwrap().process_queue(0),
+        !t.device().lock().unwrap().process_queue(0).notified,
         "used_event is still 0"
     );
     assert_eq!(q.take_used().len(), 1);
     q.set_used_event(2);
     q.add_chain(&[r(hdr, 16), w(data, 512), w(status, 1)]);
-    assert!(t.device().lock().unwrap().process_queue(0));
+    assert!(t.device().lock().unwrap().process_queue(0).notified);
     assert_eq!(q.take_used().len(), 1);
     assert_eq!(
         irq.irqfd().read().map_err(|e| e.kind()),

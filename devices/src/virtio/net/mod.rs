@@ -58,8 +58,8 @@ pub use tap::{check_name, NetBackend, Tap, TapError, MAX_NAME_LEN, TUN_DEVICE};
 
 use super::queue;
 use super::{
-    feature_bit, ActivateError, VirtioDevice, VirtioInterrupt, IOV_MAX, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    feature_bit, ActivateError, QueueRun, VirtioDevice, VirtioInterrupt, IOV_MAX,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use rx::RxChain;
 
@@ -377,17 +377,24 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             .unwrap_or_default()
     }
 
-    fn process_queue(&mut self, queue_index: usize) -> bool {
+    fn process_queue(&mut self, queue_index: usize) -> QueueRun {
         let Self { host, active, .. } = self;
         let Some(active) = active.as_mut() else {
-            return false;
+            return QueueRun::default();
         };
-        match queue_index {
-            RX_QUEUE => active.process_rx(host),
+        // Receiving is bounded by its own batch, and the TAP brings it back.
+        let more = match queue_index {
+            RX_QUEUE => {
+                active.process_rx(host);
+                false
+            }
             TX_QUEUE => active.process_tx(host),
-            _ => return false,
+            _ => return QueueRun::default(),
+        };
+        QueueRun {
+            notified: active.notify(&host.counters),
+            more,
         }
-        active.notify(&host.counters)
     }
 
     fn backend_fds(&self) -> Vec<RawFd> {

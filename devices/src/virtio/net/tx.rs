@@ -15,13 +15,15 @@ use super::{
 impl Active {
     /// The standard loop ([`queue::process_chains`]) on the transmit queue: every chain goes
     /// to the backend and back to the used ring with length 0 (§5.1.6.2: the device writes
-    /// nothing into a transmit buffer).
-    pub(super) fn process_tx<B: NetBackend>(&mut self, host: &mut Host<B>) {
+    /// nothing into a transmit buffer). Returns whether the run stopped at its budget.
+    pub(super) fn process_tx<B: NetBackend>(&mut self, host: &mut Host<B>) -> bool {
         let mem = &self.mem;
-        self.tx_added |= queue::process_chains(&mut self.tx, mem, "virtio-net transmit", |chain| {
+        let run = queue::process_chains(&mut self.tx, mem, "virtio-net transmit", |chain| {
             transmit(mem, host, chain);
             0
         });
+        self.tx_added |= run.added;
+        run.more
     }
 }
 

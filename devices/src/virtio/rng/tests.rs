@@ -77,7 +77,7 @@ fn a_buffer_is_filled_with_random_bytes_and_the_guest_notified() {
     h.mark(B, 512);
     let first = h.q.add_chain(&[w(A, 512)]);
     let second = h.q.add_chain(&[w(B, 512)]);
-    assert!(h.rng.process_queue(0));
+    assert!(h.rng.process_queue(0).notified);
     assert_eq!(
         h.q.take_used(),
         vec![(u32::from(first), 512), (u32::from(second), 512)]
@@ -148,7 +148,7 @@ fn a_bogus_available_index_does_not_spin() {
     let mem = memory();
     let mut h = Harness::new(&mem);
     h.q.set_avail_idx(QUEUE_SIZE * 3);
-    assert!(!h.rng.process_queue(0));
+    assert!(!h.rng.process_queue(0).notified);
     assert!(h.q.take_used().is_empty());
 }
 
@@ -174,7 +174,7 @@ fn the_rate_is_bounded_and_the_timer_brings_the_device_back() {
         "dry: the device waits for its timer"
     );
     // A notification while dry changes nothing.
-    assert!(!h.rng.process_queue(0));
+    assert!(!h.rng.process_queue(0).notified);
     assert!(h.q.take_used().is_empty());
 
     // Serve through the timer until every chain is back.
@@ -240,7 +240,7 @@ fn reset_stops_the_device_and_it_can_start_again() {
     assert!(!h.rng.is_activated());
     assert!(!h.rng.backend_wanted(0));
     assert!(h.rng.queue_states().is_empty());
-    assert!(!h.rng.process_queue(0));
+    assert!(!h.rng.process_queue(0).notified);
     h.rng.process_backend(0);
 
     let q = GuestQueue::new(&mem, GuestAddress(0x8000), QUEUE_SIZE);

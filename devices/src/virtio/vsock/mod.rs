@@ -51,8 +51,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::queue;
 use super::{
-    feature_bit, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    feature_bit, read_config_bytes, ActivateError, QueueRun, VirtioDevice, VirtioInterrupt,
+    CHAINS_PER_RUN, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use muxer::Muxer;
 
@@ -152,23 +152,35 @@ impl Vsock {
         })
     }
 
-    /// Sends the guest every packet the host side has for it, while there are receive buffers.
-    /// Then each connection's socket is watched as it now needs.
+    /// Sends the guest every packet the host side has for it, while there are receive buffers,
+    /// [`CHAINS_PER_RUN`] at most: with more, the muxer wakes the event loop again
+    /// ([`Muxer::wake`]) once everyone else had a turn. Then each connection's socket is watched
+    /// as it now needs.
     fn fill_rx(&mut self) {
-        self.fill_rx_queue();
+        if self.fill_rx_queue() {
+            self.muxer.wake();
+        }
         self.muxer.sync_interest();
     }
 
-    fn fill_rx_queue(&mut self) {
+    /// Returns whether it stopped at its budget.
+    fn fill_rx_queue(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
-            return;
+            return false;
         };
         let mem = &active.mem;
         let mut added = false;
+        let mut taken = 0;
+        let mut more = false;
         while self.muxer.has_rx() {
+            if taken == CHAINS_PER_RUN {
+                more = true;
+                break;
+            }
             let Some(mut chain) = next_chain(&mut active.rx, mem) else {
                 break;
             };
+            taken += 1;
             let head = chain.head_index();
             let used = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut packet) => self.muxer.fill_rx_packet(&mut packet),
@@ -185,24 +197,30 @@ impl Vsock {
         if added && queue::needs_notification(&mut active.rx, mem, LOG_NAME) {
             queue::signal_used_queue(active.interrupt.as_ref(), LOG_NAME);
         }
+        more
     }
 
-    /// Every packet the guest sent goes to the host side.
-    fn process_tx(&mut self) {
+    /// Every packet the guest sent goes to the host side ([`CHAINS_PER_RUN`] at most).
+    fn process_tx(&mut self) -> QueueRun {
         let Some(active) = self.active.as_mut() else {
-            return;
+            return QueueRun::default();
         };
         let mem = &active.mem;
         let muxer = &mut self.muxer;
-        let added = queue::process_chains(&mut active.tx, mem, LOG_NAME, |mut chain| {
+        let run = queue::process_chains(&mut active.tx, mem, LOG_NAME, |mut chain| {
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(packet) => muxer.recv_from_guest(&packet),
                 Err(e) => debug!("{LOG_NAME}: dropping a transmit chain: {e}"),
             }
             0
         });
-        if added && queue::needs_notification(&mut active.tx, mem, LOG_NAME) {
+        let notified = run.added && queue::needs_notification(&mut active.tx, mem, LOG_NAME);
+        if notified {
             queue::signal_used_queue(active.interrupt.as_ref(), LOG_NAME);
+        }
+        QueueRun {
+            notified,
+            more: run.more,
         }
     }
 
@@ -318,19 +336,22 @@ impl VirtioDevice for Vsock {
             .unwrap_or_default()
     }
 
-    fn process_queue(&mut self, queue_index: usize) -> bool {
+    fn process_queue(&mut self, queue_index: usize) -> QueueRun {
         if self.active.is_none() {
-            return false;
+            return QueueRun::default();
         }
-        match queue_index {
-            RX_QUEUE => {}
+        let run = match queue_index {
+            RX_QUEUE => QueueRun::default(),
             TX_QUEUE => self.process_tx(),
-            EVENT_QUEUE => self.send_events(),
-            _ => return false,
-        }
+            EVENT_QUEUE => {
+                self.send_events();
+                QueueRun::default()
+            }
+            _ => return QueueRun::default(),
+        };
         // Whatever the guest did may have made packets for it (replies, credit).
         self.fill_rx();
-        true
+        run
     }
 
     fn backend_fds(&self) -> Vec<RawFd> {

@@ -20,6 +20,7 @@ use log::{debug, warn};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::bitmap::BitmapSlice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{read_connect_line, Bounce, Connection, Control, RxPacket};
@@ -44,6 +45,7 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
+const TOKEN_WAKE: u64 = 2;
 const FIRST_ID: u64 = 16;
 
 /// (host-side port, guest-side port).
@@ -64,6 +66,9 @@ pub struct Muxer {
     /// `{path}_{port}` is where a guest connection to host port `port` goes.
     path: PathBuf,
     timer: TimerFd,
+    /// Signalled when the device stopped at its budget with packets left for the guest
+    /// ([`Muxer::wake`]).
+    wake: EventFd,
     /// When the timer is set to go off, if it is.
     timer_at: Option<Instant>,
     next_id: u64,
@@ -106,12 +111,19 @@ impl Muxer {
             timer.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TOKEN_TIMER),
         )?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_WAKE),
+        )?;
         Ok(Muxer {
             cid,
             epoll,
             listener,
             path,
             timer,
+            wake,
             timer_at: None,
             next_id: FIRST_ID,
             next_local_port: FIRST_LOCAL_PORT,
@@ -164,6 +176,14 @@ impl Muxer {
         self.dirty.clear();
     }
 
+    /// Makes the epoll descriptor ready, so that the event loop calls the device again after
+    /// the other ready descriptors: it stopped at its budget with packets left.
+    pub fn wake(&self) {
+        if let Err(e) = self.wake.write(1) {
+            warn!("{LOG_NAME}: cannot wake the device: {e}");
+        }
+    }
+
     /// Whether a packet for the guest is waiting for a receive buffer.
     pub fn has_rx(&self) -> bool {
         !self.resets.is_empty() || !self.rxq.is_empty()
@@ -185,6 +205,10 @@ impl Muxer {
             match event.data() {
                 TOKEN_LISTENER => self.accept_host(),
                 TOKEN_TIMER => self.expire(),
+                // The device goes on filling receive buffers after this.
+                TOKEN_WAKE => {
+                    let _ = self.wake.read();
+                }
                 id => self.host_event(id, event.events()),
             }
         }

@@ -148,7 +148,7 @@ fn activate_checks_queues_and_the_backend() {
         .unwrap_err();
     assert!(matches!(err, ActivateError::Backend(_)));
     assert!(!net.is_activated());
-    assert!(!net.process_queue(RX_QUEUE));
+    assert!(!net.process_queue(RX_QUEUE).notified);
     net.process_backend(0);
     assert!(!net.backend_wanted(0));
 

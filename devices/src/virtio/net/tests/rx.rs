@@ -147,7 +147,7 @@ fn without_buffers_frames_stay_in_the_backend() {
     // Two buffers: two frames, and it waits again.
     let bufs = [w(A, 2048)];
     let heads = [h.post(&bufs), h.post(&[w(B, 2048)])];
-    assert!(h.net.process_queue(RX_QUEUE));
+    assert!(h.net.process_queue(RX_QUEUE).notified);
     assert_eq!(h.rxq.take_used(), [(heads[0], 112), (heads[1], 113)]);
     assert_eq!(mock.state().rx.len(), 3);
     assert!(!h.net.backend_wanted(0));
@@ -186,7 +186,7 @@ fn a_frame_waiting_for_buffers_is_kept_and_delivered_later() {
     // A third: delivered over all three, and backend input is wanted again.
     let third = h.post(chains[2]);
     mock.state().rx.push_back(frame(40, 18));
-    assert!(h.net.process_queue(RX_QUEUE));
+    assert!(h.net.process_queue(RX_QUEUE).notified);
     assert_eq!(
         h.rxq.take_used(),
         [(first, 512), (second, 512), (third, 388)]
@@ -281,7 +281,7 @@ fn bogus_receive_ring_index_does_not_hang_the_device() {
     h.rxq.set_avail_idx(good.wrapping_add(QUEUE_SIZE + 10));
     h.net.process_backend(0);
     assert!(!h.net.backend_wanted(0));
-    assert!(!h.net.process_queue(RX_QUEUE));
+    assert!(!h.net.process_queue(RX_QUEUE).notified);
     assert_eq!(h.rxq.take_used(), []);
     h.rxq.set_avail_idx(good);
     mock.state().rx.clear();
@@ -350,7 +350,7 @@ fn reset_drops_a_waiting_frame() {
     assert_eq!(h.stats().rx_dropped, 1);
     assert!(!h.net.backend_wanted(0));
     h.net.process_backend(0);
-    assert!(!h.net.process_queue(RX_QUEUE));
+    assert!(!h.net.process_queue(RX_QUEUE).notified);
 }
 
 #[test]

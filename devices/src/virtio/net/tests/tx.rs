@@ -18,10 +18,10 @@ fn transmit_passes_header_and_frame_through() {
     assert_eq!((stats.tx_dropped, stats.tx_errors), (0, 0));
     assert_eq!((h.irq.used(), stats.notifications), (1, 1));
     assert!(
-        !h.net.process_queue(TX_QUEUE),
+        !h.net.process_queue(TX_QUEUE).notified,
         "nothing new: no notification"
     );
-    assert!(!h.net.process_queue(2), "no such queue");
+    assert!(!h.net.process_queue(2).notified, "no such queue");
     assert_eq!(h.irq.used(), 1);
 }
 
@@ -134,7 +134,7 @@ fn one_notification_per_transmit_batch() {
     for _ in 0..3 {
         h.txq.add_chain(&[r(A, 112)]);
     }
-    assert!(h.net.process_queue(TX_QUEUE));
+    assert!(h.net.process_queue(TX_QUEUE).notified);
     assert_eq!(h.txq.take_used(), [(0, 0), (1, 0), (2, 0)]);
     assert_eq!(mock.state().tx.len(), 3);
     assert_eq!(h.irq.used(), 1);
@@ -148,9 +148,15 @@ fn event_idx_suppresses_transmit_notifications() {
     h.fill(A, &frame(100, 8));
     h.txq.set_used_event(1);
     h.txq.add_chain(&[r(A, 112)]);
-    assert!(!h.net.process_queue(TX_QUEUE), "used_event not passed");
+    assert!(
+        !h.net.process_queue(TX_QUEUE).notified,
+        "used_event not passed"
+    );
     h.txq.add_chain(&[r(A, 112)]);
-    assert!(h.net.process_queue(TX_QUEUE), "used index went from 1 to 2");
+    assert!(
+        h.net.process_queue(TX_QUEUE).notified,
+        "used index went from 1 to 2"
+    );
     assert_eq!(h.irq.used(), 1);
     assert_eq!(h.txq.avail_event(), 2);
 }
