@@ -1,10 +1,24 @@
-//! SIGINT and SIGTERM become an event on the event loop: signal-hook's handler records which
-//! signal came and writes a byte to a socket whose other end the event loop polls. (The vCPU
-//! kick signal is [`crate::vcpu`]'s.)
+//! SIGINT and SIGTERM stop vmm whenever they come.
+//!
+//! - While it sets up ([`hold`] to [`release`]) they are blocked on every thread, so that no
+//!   set-up call fails with `EINTR` and the default action never kills vmm half-made; a
+//!   watcher thread waits for them on a `signalfd`. One that comes ends vmm at once with exit
+//!   code 0, whatever step the main thread is blocked in (a vhost-user socket that never
+//!   accepts, a slow file system): the watcher removes the files set-up made so far
+//!   ([`remove_on_setup_stop`]: socket files, private directories) and calls `_exit`; helper
+//!   processes die with vmm (`PR_SET_PDEATHSIG`), and the kernel closes everything else.
+//! - Once the event loop runs they are an event on it: signal-hook's handler records which
+//!   signal came and writes a byte to a socket whose other end the event loop polls, and the
+//!   VM stops cleanly (exit code 0).
+//!
+//! (The vCPU kick signal is [`crate::vcpu`]'s.)
 
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// The last SIGINT/SIGTERM received (0 for none).
 static LAST_SIGNAL: AtomicUsize = AtomicUsize::new(0);
@@ -36,32 +50,141 @@ impl std::os::fd::AsRawFd for SignalEvent {
     }
 }
 
+/// Files set-up made, removed by a stop signal that comes before [`release`].
+static SETUP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// The set-up watcher while it runs, and the eventfd that tells it set-up is over.
+static SETUP_DONE: Mutex<Option<(OwnedFd, std::thread::JoinHandle<()>)>> = Mutex::new(None);
+
 /// Blocks SIGINT and SIGTERM on the calling thread, and so on every thread it starts
-/// afterwards: called first thing in `main`, so that a stop signal during set-up waits (as
-/// pending) instead of killing the process with the default action or interrupting a set-up
-/// call with `EINTR` (`KVM_CREATE_VM` fails so). [`release`] delivers it once the event loop is
-/// there to see it; the vCPU threads keep it blocked.
+/// afterwards, and starts the set-up watcher: called first thing in `main`. A stop signal
+/// during set-up then neither kills the process with the default action nor interrupts a
+/// set-up call with `EINTR` (`KVM_CREATE_VM` fails so): the watcher ends vmm cleanly.
+/// [`release`] hands the signals over to the event loop; the vCPU threads keep them blocked.
 pub fn hold() -> io::Result<()> {
-    change_mask(libc::SIG_BLOCK)
+    change_mask(libc::SIG_BLOCK)?;
+    let set = stop_set();
+    // SAFETY: a new signalfd for a valid set; the result is checked.
+    let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if sfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
+    // SAFETY: eventfd with constant flags; the result is checked.
+    let done = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let done = unsafe { OwnedFd::from_raw_fd(done) };
+    let watched = done.try_clone()?;
+    let watcher = std::thread::Builder::new()
+        .name("vmm-setup".into())
+        .spawn(move || watch_setup(sfd, watched))?;
+    *SETUP_DONE.lock().unwrap_or_else(|e| e.into_inner()) = Some((done, watcher));
+    Ok(())
 }
 
-/// Unblocks SIGINT and SIGTERM on the calling thread (the event loop's): one that came while
-/// they were held is handled now.
+/// Records `path` (a file or an empty directory set-up just made) for removal if a stop
+/// signal ends set-up. Nothing happens outside set-up.
+pub fn remove_on_setup_stop(path: &Path) {
+    if SETUP_DONE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+    {
+        let mut files = SETUP_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        files.push(path.to_owned());
+    }
+}
+
+/// Set-up is over: the watcher goes, and SIGINT and SIGTERM are unblocked on the calling
+/// thread (the event loop's), so that one that came since is handled now.
 pub fn release() -> io::Result<()> {
+    let watch = SETUP_DONE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((done, watcher)) = watch {
+        // The watcher sees this before a signal it has not read yet (which then stays pending
+        // for the event loop) and returns; or it has read one already and is ending vmm, with
+        // the files recorded so far: this thread waits for either.
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write from a valid buffer to the eventfd.
+        unsafe { libc::write(done.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        let _ = watcher.join();
+    }
+    SETUP_FILES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     change_mask(libc::SIG_UNBLOCK)
 }
 
-fn change_mask(how: libc::c_int) -> io::Result<()> {
-    // SAFETY: an empty set filled with valid signal numbers, then pthread_sigmask on the
-    // calling thread with no old set requested.
-    let rc = unsafe {
+/// The watcher thread: waits for a stop signal or the end of set-up.
+fn watch_setup(sfd: OwnedFd, done: OwnedFd) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: done.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds; no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        // SAFETY: signalfd_siginfo is plain data; all zeroes is a valid value.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`.
+        let got = unsafe { libc::read(sfd.as_raw_fd(), std::ptr::addr_of_mut!(info).cast(), size) };
+        if got == size as isize {
+            stop_during_setup(info.ssi_signo as i32);
+        }
+    }
+}
+
+/// Removes what set-up made and ends vmm (exit code 0, as a stop signal does later).
+fn stop_during_setup(signal: i32) -> ! {
+    let name = match signal {
+        libc::SIGINT => "SIGINT",
+        _ => "SIGTERM",
+    };
+    eprintln!("vmm: {name} during set-up; stopping");
+    let files = SETUP_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    for path in files.iter().rev() {
+        if std::fs::remove_file(path).is_err() {
+            let _ = std::fs::remove_dir(path);
+        }
+    }
+    // SAFETY: _exit ends the process at once; nothing of this process is used afterwards.
+    unsafe { libc::_exit(0) }
+}
+
+fn stop_set() -> libc::sigset_t {
+    // SAFETY: an empty set filled with valid signal numbers.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for num in STOP_SIGNALS {
             libc::sigaddset(&mut set, num);
         }
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
-    };
+        set
+    }
+}
+
+fn change_mask(how: libc::c_int) -> io::Result<()> {
+    let set = stop_set();
+    // SAFETY: pthread_sigmask on the calling thread with a valid set, no old set requested.
+    let rc = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
     match rc {
         0 => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),

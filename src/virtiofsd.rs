@@ -95,6 +95,9 @@ pub fn start(dir: &Path, read_only: bool) -> Result<(Virtiofsd, UnixStream), Err
     let binary = find()?;
     let socket_dir = socket_dir().map_err(Error::SocketDir)?;
     let socket = socket_dir.join("fs.sock");
+    // Removed in this order if a stop signal ends set-up (virtiofsd itself dies with vmm).
+    crate::signals::remove_on_setup_stop(&socket_dir);
+    crate::signals::remove_on_setup_stop(&socket);
     let started = spawn(&binary, dir, read_only, &socket).and_then(|child| {
         let virtiofsd = Virtiofsd { child };
         wait_and_connect(virtiofsd, &socket)
