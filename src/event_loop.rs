@@ -53,6 +53,8 @@ impl MutEventSubscriber for StdinInput {
                 let _ = ops.remove(events);
             }
             Ok(n) => {
+                #[cfg(feature = "seccomp-trigger")]
+                crate::seccomp::trigger(buf[0]);
                 if !self.seen_input {
                     self.seen_input = true;
                     crate::timeline::mark("first input from stdin");

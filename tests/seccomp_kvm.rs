@@ -92,7 +92,8 @@ fn every_thread_runs_under_its_filter_and_no_seccomp_turns_them_off() {
     ignore = "needs /dev/kvm and `--features seccomp-trigger`"
 )]
 fn a_denied_system_call_ends_the_vmm_naming_the_call_and_the_thread() {
-    // test=ports writes the bytes 0, 1, 2, … to the port: byte 0xfd is the trigger.
+    // test=ports writes the bytes 0xfd, 0xfe, … to the port: byte 0xfd makes the vCPU thread
+    // call getppid.
     let kernel = guest("pvh.elf").display().to_string();
     let run = common::run_vmm(
         &[
@@ -101,7 +102,7 @@ fn a_denied_system_call_ends_the_vmm_naming_the_call_and_the_thread() {
             "--memory",
             "32",
             "--cmdline",
-            "test=ports port=0x80 writes=300",
+            "test=ports port=0x80 writes=300 first=0xfd",
         ],
         b"",
         LIMIT,
@@ -118,4 +119,60 @@ fn a_denied_system_call_ends_the_vmm_naming_the_call_and_the_thread() {
         !run.stdout_str().contains("ports: done"),
         "the guest went on"
     );
+}
+
+/// Issue 23: the filters check arguments. On a vCPU thread (a byte on the debug port) and on
+/// the main thread (a byte on stdin), each of these ends vmm with 159, naming the call:
+/// `mprotect` with `PROT_EXEC` (allowed without it), `ioctl(TUNSETIFF)` (the vCPU threads may
+/// make only their listed requests: `KVM_RUN` and the like), `openat(O_CREAT)` of a file that
+/// may exist (the main thread opens files only to read or to create new ones). Before the
+/// argument rules, the first two ran.
+#[test]
+#[cfg_attr(
+    any(no_kvm, not(feature = "seccomp-trigger")),
+    ignore = "needs /dev/kvm and `--features seccomp-trigger`"
+)]
+fn calls_with_forbidden_arguments_end_the_vmm() {
+    let kernel = guest("pvh.elf").display().to_string();
+    let cases: [(&str, Option<u8>, &str); 5] = [
+        (
+            "test=ports port=0x80 writes=1 first=0xfe",
+            None,
+            "thread vcpu0 made system call 10 (mprotect)",
+        ),
+        (
+            "test=ports port=0x80 writes=1 first=0xff",
+            None,
+            "thread vcpu0 made system call 16 (ioctl)",
+        ),
+        (
+            "test=echo",
+            Some(0xfe),
+            "thread vmm made system call 10 (mprotect)",
+        ),
+        (
+            "test=echo",
+            Some(0xff),
+            "thread vmm made system call 16 (ioctl)",
+        ),
+        (
+            "test=echo",
+            Some(0xfa),
+            "thread vmm made system call 257 (openat)",
+        ),
+    ];
+    for (cmdline, stdin_byte, message) in cases {
+        let mut child =
+            common::spawn(&["--kernel", &kernel, "--memory", "32", "--cmdline", cmdline]);
+        let input = match stdin_byte {
+            Some(byte) => {
+                common::read_until(&mut child, "echo: ready\n", LIMIT);
+                vec![byte]
+            }
+            None => Vec::new(),
+        };
+        let run = common::finish(child, &input, LIMIT);
+        assert_eq!(run.code(), Some(159), "{cmdline}: {}", run.stderr);
+        assert!(run.stderr.contains(message), "{cmdline}: {}", run.stderr);
+    }
 }

@@ -257,10 +257,10 @@ fn corrupt_truncated_and_mismatched_snapshots_are_clear_errors() {
     }
     // Another format version is named.
     let mut other = state.clone();
-    other[8..12].copy_from_slice(&3u32.to_le_bytes());
+    other[8..12].copy_from_slice(&99u32.to_le_bytes());
     copy_snapshot(&good, &bad);
     std::fs::write(bad.join("state"), &other).unwrap();
-    assert_refused(&bad, "version 3", "format version 3");
+    assert_refused(&bad, "version 99", "format version 99");
     // The memory file: truncated, missing.
     copy_snapshot(&good, &bad);
     let memory = std::fs::OpenOptions::new()
@@ -327,6 +327,20 @@ fn a_restored_disk_continues_its_queue_and_its_writes_reach_the_image() {
     assert_eq!(&bytes[3 * 512..3 * 512 + 6], b"before");
     assert_eq!(&bytes[5 * 512..5 * 512 + 13], b"after restore");
 
+    // A snapshot whose disk changed size is refused (issue 23): it is not the guest's disk.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    file.set_len(65 * 512).unwrap();
+    assert_refused(
+        &dir,
+        "disk grown",
+        &format!(
+            "the disk {} is 33280 bytes, but was 32768 bytes when the snapshot was taken",
+            image.display()
+        ),
+    );
     // A snapshot whose disk is gone is refused, naming the disk.
     std::fs::remove_file(&image).unwrap();
     assert_refused(&dir, "disk missing", &image.display().to_string());

@@ -2,34 +2,77 @@
 //! it needs (rust-vmm's `seccompiler` builds the BPF programs), so a guest that takes over a
 //! device model, or a bug, cannot make the VMM do anything else. Two lists: the main thread
 //! (event loop: devices' queues and backends, stdin, signals, the API, snapshots) and the vCPU
-//! threads (`KVM_RUN`, port and MMIO handling, the console). `--no-seccomp` turns them off.
+//! threads (`KVM_RUN`, port and MMIO handling, the console). Calls whose arguments decide what
+//! they do are allowed only in the forms the thread needs ([`rules`]: `ioctl` request numbers,
+//! no `PROT_EXEC`, the signals vmm sends, no file opened for writing unless new). `--no-seccomp`
+//! turns them off.
 //!
 //! A call outside the list is not run: the kernel sends `SIGSYS`, whose handler writes
 //! `vmm: seccomp: thread <name> made system call <nr> (<name>), which is not allowed` on
 //! stderr and ends the process with [`DENIED_EXIT_CODE`] (Firecracker does the same).
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 
 use libc::{c_int, c_void, siginfo_t};
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 use vmm_sys_util::signal::register_signal_handler;
 
 mod names;
+mod rules;
 
 /// The exit code after a denied system call.
 pub const DENIED_EXIT_CODE: i32 = 159;
 
-/// With the `seccomp-trigger` feature (tests only): the debug-port byte that makes the vCPU
-/// thread call [`trigger`].
+/// With the `seccomp-trigger` feature (tests only): a byte the guest writes to the debug port
+/// (on its vCPU thread) or that comes on stdin (on the main thread) and [`trigger`] turns into
+/// a call the thread's filter denies.
 #[cfg(feature = "seccomp-trigger")]
-pub const TRIGGER_VALUE: u8 = 0xfd;
+pub mod trigger_values {
+    /// `getppid`, which neither list has.
+    pub const GETPPID: u8 = 0xfd;
+    /// `mprotect` of a page with `PROT_EXEC`.
+    pub const MPROTECT_EXEC: u8 = 0xfe;
+    /// `ioctl(TUNSETIFF)`, on neither thread's list of requests.
+    pub const TUNSETIFF: u8 = 0xff;
+    /// `openat` with `O_CREAT` (not `O_EXCL`): a write to an existing file.
+    pub const OPENAT_CREAT: u8 = 0xfa;
+}
 
-/// Makes a system call that neither list allows (`getppid`), to show what a denied call does.
+/// Makes the denied call `value` stands for ([`trigger_values`]); other values do nothing.
 #[cfg(feature = "seccomp-trigger")]
-pub fn trigger() {
-    // SAFETY: getppid takes no arguments and touches no memory.
-    unsafe { libc::syscall(libc::SYS_getppid) };
+pub fn trigger(value: u8) {
+    let page = [0u8; 1];
+    let path = c"/dev/null";
+    // SAFETY: each call is denied before it runs (the process ends); were it not, each is
+    // harmless: a page of this stack made executable, TUNSETIFF on no descriptor (-1), and
+    // /dev/null opened for writing (its descriptor leaked).
+    unsafe {
+        match value {
+            trigger_values::GETPPID => {
+                libc::syscall(libc::SYS_getppid);
+            }
+            trigger_values::MPROTECT_EXEC => {
+                let addr = (page.as_ptr() as usize) & !4095;
+                libc::mprotect(
+                    addr as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                );
+            }
+            trigger_values::TUNSETIFF => {
+                libc::ioctl(-1, libc::TUNSETIFF, 0);
+            }
+            trigger_values::OPENAT_CREAT => {
+                libc::openat(
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT,
+                    0o600,
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Errors while building or installing the filters.
@@ -61,9 +104,8 @@ pub struct Filters {
     vcpu: BpfProgram,
 }
 
-fn program(syscalls: &[i64]) -> Result<BpfProgram, Error> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> =
-        syscalls.iter().map(|&nr| (nr, Vec::new())).collect();
+fn program(kind: ThreadKind, syscalls: &[i64]) -> Result<BpfProgram, Error> {
+    let rules = rules::for_thread(kind, syscalls)?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -77,8 +119,8 @@ impl Filters {
     /// Compiles both lists.
     pub fn new() -> Result<Self, Error> {
         Ok(Filters {
-            main: program(MAIN_SYSCALLS)?,
-            vcpu: program(VCPU_SYSCALLS)?,
+            main: program(ThreadKind::Main, MAIN_SYSCALLS)?,
+            vcpu: program(ThreadKind::Vcpu, VCPU_SYSCALLS)?,
         })
     }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
 /// Bumped whenever the state's layout changes: a snapshot is read only by the format version
 /// that wrote it.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 /// The largest payload read (the state is a few tens of KiB per vCPU; this bounds what a

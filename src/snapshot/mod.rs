@@ -59,6 +59,8 @@ pub enum SaveError {
     Vm(#[source] crate::vm::Error),
     #[error("this host's XSAVE area is larger than 4 KiB (AMX), which snapshots do not carry yet")]
     XsaveTooLarge,
+    #[error("cannot flush a disk before the snapshot (fdatasync): {0}")]
+    DiskSync(#[source] io::Error),
     #[error(transparent)]
     Format(#[from] FormatError),
 }
@@ -166,6 +168,10 @@ pub fn save(
             file.sync_data()
         })
         .map_err(io_err(&state_path))?;
+    // The files' names too: a crash now leaves the directory as it is.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
     Ok(Saved {
         path: dir.to_path_buf(),
         state_bytes: bytes.len() as u64,

@@ -22,6 +22,10 @@ pub struct SnapshotState {
     pub virtio: Vec<devices::virtio::mmio::MmioState>,
     /// The exit code the guest chose through its port, if it wrote one.
     pub guest_exit_code: Option<u8>,
+    /// Each disk's size in bytes when the snapshot was taken, in device order: a restore
+    /// refuses a disk whose size changed (it is not the disk the guest's page cache and file
+    /// systems remember).
+    pub disk_sizes: Vec<u64>,
 }
 
 /// The configuration a snapshot was taken with.

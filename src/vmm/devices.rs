@@ -41,6 +41,8 @@ pub(super) struct Devices {
     /// What vmm started or created for them (virtiofsd, socket files), undone when dropped.
     #[allow(dead_code, reason = "held only to be dropped with the devices")]
     pub helpers: Vec<super::virtio::Helper>,
+    /// Each disk's image, in device order (a snapshot flushes them and records their sizes).
+    pub disks: Vec<std::fs::File>,
 }
 
 pub(super) fn create_devices(
@@ -109,9 +111,7 @@ pub(super) fn create_devices(
 
     let debug = DebugPort::new(Box::new(|value| {
         #[cfg(feature = "seccomp-trigger")]
-        if value == crate::seccomp::TRIGGER_VALUE {
-            crate::seccomp::trigger();
-        }
+        crate::seccomp::trigger(value);
         timeline::mark(&format!("guest debug port 0x80: {value:#04x}"))
     }));
     pio.insert(
@@ -134,5 +134,6 @@ pub(super) fn create_devices(
         transports: virtio.transports,
         infos: virtio.infos,
         helpers: virtio.helpers,
+        disks: virtio.disks,
     })
 }

@@ -132,6 +132,11 @@ pub enum Error {
     VsockCid { given: u64, saved: u64 },
     #[error("--vsock: the snapshot has no virtio-vsock device")]
     NoVsockInSnapshot,
+    #[error(
+        "the disk {path} is {now} bytes, but was {saved} bytes when the snapshot was taken: it \
+         is not the disk the snapshot's guest used (restore with that disk, unchanged)"
+    )]
+    DiskChanged { path: PathBuf, saved: u64, now: u64 },
     #[error("cannot restore the snapshot")]
     Snapshot(#[from] snapshot::LoadError),
     #[error("cannot restore the VM's interrupt controllers, PIT and clock from the snapshot")]
@@ -174,6 +179,7 @@ impl Error {
             | Error::Socket(_)
             | Error::VsockCid { .. }
             | Error::NoVsockInSnapshot
+            | Error::DiskChanged { .. }
             | Error::Snapshot(_)
             | Error::RestoreVm(_)
             | Error::RestoreSerial(_)

@@ -170,6 +170,25 @@ impl Vmm {
                 .restore_clock(&saved, configured_at)
                 .map_err(Error::RestoreVm)?;
         }
+        // The API socket is bound now (the filter allows no bind); the socket file is removed
+        // when this guard drops, however run ends. Its server starts once the vCPUs run.
+        let (api_listener, _api_socket_file) = match &self.options.api_socket {
+            None => (None, None),
+            Some(path) => {
+                let (listener, file) = api::socket::bind("--api-socket", path)?;
+                (Some(listener), Some(file))
+            }
+        };
+        // A SIGINT/SIGTERM held since main started is delivered now, to this thread only.
+        crate::signals::release().map_err(|source| Error::Io {
+            what: "signal handling",
+            source,
+        })?;
+        // The filter goes on before any work the guest drives (a restored device's queues).
+        if let Some(filters) = &self.filters {
+            filters.install(crate::seccomp::ThreadKind::Main, "vmm")?;
+            timeline::mark("seccomp filter installed on the main thread");
+        }
         // What is already waiting (input typed before the start, a restored device's queue
         // notifications) is handled before the guest runs, not after the event loop's first
         // wake-up, which can come milliseconds after the vCPUs start.
@@ -179,30 +198,14 @@ impl Vmm {
         let _ = self.started.set(Instant::now());
         let vmm = Arc::new(self);
 
-        // The API comes up only now, off the path to the first vCPU entry. The socket file is
-        // removed when this guard drops, however run ends.
-        let _api_socket_file = match &vmm.options.api_socket {
-            None => None,
-            Some(path) => {
-                let (listener, file) = api::socket::bind("--api-socket", path)?;
-                let server =
-                    api::ApiServer::new(listener, vmm.clone()).map_err(|source| Error::Io {
-                        what: "the API server",
-                        source,
-                    })?;
-                manager.add_subscriber(Arc::new(Mutex::new(server)));
-                timeline::mark("API socket listening");
-                Some(file)
-            }
-        };
-        // A SIGINT/SIGTERM held since main started is delivered now, to this thread only.
-        crate::signals::release().map_err(|source| Error::Io {
-            what: "signal handling",
-            source,
-        })?;
-        if let Some(filters) = &vmm.filters {
-            filters.install(crate::seccomp::ThreadKind::Main, "vmm")?;
-            timeline::mark("seccomp filter installed on the main thread");
+        if let Some(listener) = api_listener {
+            let server =
+                api::ApiServer::new(listener, vmm.clone()).map_err(|source| Error::Io {
+                    what: "the API server",
+                    source,
+                })?;
+            manager.add_subscriber(Arc::new(Mutex::new(server)));
+            timeline::mark("API socket listening");
         }
         while !vmm.stop.stopping() {
             manager.run().map_err(Error::EventLoop)?;
@@ -262,6 +265,12 @@ impl Vmm {
             .iter()
             .map(|t| lock(t).state())
             .collect();
+        // What the guest wrote reaches the disks before the snapshot says it did.
+        let mut disk_sizes = Vec::with_capacity(self.devices.disks.len());
+        for disk in &self.devices.disks {
+            disk.sync_data().map_err(SaveError::DiskSync)?;
+            disk_sizes.push(disk.metadata().map_err(SaveError::DiskSync)?.len());
+        }
         let state = SnapshotState {
             config: self.config.clone(),
             vm,
@@ -269,6 +278,7 @@ impl Vmm {
             serial,
             virtio,
             guest_exit_code: GuestExitCode::read(&self.devices.guest_code),
+            disk_sizes,
         };
         snapshot::save(dir, &state, &self.mem, started)
     }

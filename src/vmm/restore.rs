@@ -39,6 +39,7 @@ impl Vmm {
             serial: serial_state,
             virtio: virtio_states,
             guest_exit_code,
+            disk_sizes,
         } = state;
         if saved.cpus > mptable::MAX_SUPPORTED_CPUS {
             return Err(Error::TooManyCpusForMpTable {
@@ -66,6 +67,7 @@ impl Vmm {
             vsock.uds = uds.clone();
         }
         let device_files = virtio::open(&saved.devices, true)?;
+        virtio::check_disk_sizes(&device_files, &disk_sizes)?;
         let signal_evt = install_signal_handlers()?;
 
         let mem =

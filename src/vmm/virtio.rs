@@ -109,6 +109,41 @@ pub(super) fn open(configs: &[VirtioConfig], restoring: bool) -> Result<Vec<Open
         .collect()
 }
 
+/// A restore's disks are the snapshot's: each is as large as it was then (`saved`, in device
+/// order). A disk that grew, shrank or was replaced by another image is refused (exit code 2):
+/// the restored guest's page cache and file systems describe the old one.
+pub(super) fn check_disk_sizes(opened: &[Opened], saved: &[u64]) -> Result<(), Error> {
+    let disks = opened.iter().filter_map(|device| match device {
+        Opened::Block(disk, file) => Some((disk, file)),
+        _ => None,
+    });
+    let mut count = 0;
+    for ((disk, file), &saved) in disks.zip(saved) {
+        count += 1;
+        let now = file
+            .metadata()
+            .map_err(|source| Error::Disk {
+                path: disk.path.clone(),
+                source: crate::disk::Error::Open(source),
+            })?
+            .len();
+        if now != saved {
+            return Err(Error::DiskChanged {
+                path: disk.path.clone(),
+                saved,
+                now,
+            });
+        }
+    }
+    if count != saved.len() {
+        return Err(Error::Snapshot(crate::snapshot::LoadError::Inconsistent {
+            path: std::path::PathBuf::new(),
+            what: format!("{count} disks configured, {} sizes saved", saved.len()),
+        }));
+    }
+    Ok(())
+}
+
 /// Each vsock connection holds a descriptor: the soft limit on them (often 1024) goes up to
 /// the hard one, so that [`devices::virtio::vsock::MAX_CONNECTIONS`] fit where the host allows.
 fn raise_fd_limit() {
@@ -141,6 +176,9 @@ pub(super) struct Attached {
     pub infos: Vec<DeviceInfo>,
     /// What vmm started or created for the devices, undone when dropped.
     pub helpers: Vec<Helper>,
+    /// Each disk's image (a second descriptor), in device order: a snapshot flushes them and
+    /// records their sizes.
+    pub disks: Vec<std::fs::File>,
 }
 
 /// Makes each device of `opened` and attaches it, in order: a virtio-mmio slot on `mmio`, its
@@ -156,10 +194,15 @@ pub(super) fn attach(
     let mut queue_handlers = Vec::with_capacity(opened.len());
     let mut infos = Vec::with_capacity(opened.len());
     let mut helpers = Vec::new();
+    let mut disk_files = Vec::new();
     let (mut disks, mut nets) = (0, 0);
     for device in opened {
         let (info, device): (DeviceInfo, Arc<Mutex<dyn VirtioDevice>>) = match device {
             Opened::Block(disk, file) => {
+                disk_files.push(file.try_clone().map_err(|source| Error::Io {
+                    what: "a disk image's descriptor",
+                    source,
+                })?);
                 let block =
                     Block::new(file, disk.read_only, disk.id.clone()).map_err(|source| {
                         Error::Block {
@@ -239,6 +282,7 @@ pub(super) fn attach(
         transports,
         infos,
         helpers,
+        disks: disk_files,
     })
 }
 

@@ -16,7 +16,7 @@
  *
  * The only values it never writes are the ones that end the VM on purpose: 0xfe to the
  * i8042 command port (reset), SLP_EN to the ACPI sleep register (power-off), the panic bits to
- * pvpanic, and the seccomp trigger byte to the debug port (a test-only build's). It keeps the
+ * pvpanic, and the seccomp trigger bytes (0xfd-0xff) to the debug port (a test-only build's). It keeps the
  * device's DMA away from its own code and stack (1 MiB), which a guest is free to wreck but
  * then could not report: every in-RAM address it hands a device is in the scratch area or the
  * rings.
@@ -37,7 +37,7 @@
 #define SLP_EN 0x20
 #define PVPANIC 0x505
 #define EXIT_CODE_PORT 0x506
-#define SECCOMP_TRIGGER 0xfd
+#define SECCOMP_TRIGGER 0xfd /* 0xfd..0xff: the triggers of a test-only build */
 
 
 static u32 rng = 1;
@@ -73,7 +73,7 @@ static u32 tame(u32 port, u32 v, u32 size)
     for (u32 i = 0; i < size; i++) {
         u32 p = port + i;
         u32 b = (v >> (8 * i)) & 0xff;
-        if ((p == I8042_COMMAND && b == I8042_RESET) || (p == DEBUG_PORT && b == SECCOMP_TRIGGER))
+        if ((p == I8042_COMMAND && b == I8042_RESET) || (p == DEBUG_PORT && b >= SECCOMP_TRIGGER))
             b = 0;
         if (p == ACPI_SLEEP)
             b &= ~SLP_EN;

@@ -242,13 +242,14 @@ static void test_ports(void)
 {
     u32 writes = cmdline_get_u32(cmdline, "writes", 1000);
     u32 port = cmdline_get_u32(cmdline, "port", 0x3e8);
+    u32 first = cmdline_get_u32(cmdline, "first", 0);
     print("ports: ");
     print_dec(writes);
     print(" writes to port ");
     print_hex32(port);
     print("\n");
     for (u32 i = 0; i < writes; i++)
-        outb((u16)port, (u8)i);
+        outb((u16)port, (u8)(first + i));
     print("ports: done\n");
     halt_forever();
 }
