@@ -48,12 +48,15 @@ fn guest(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// The contract hole of issue 8: a receive-queue notification that no ioeventfd catches
-/// (here: none is registered) traps into the transport. It must reach the event loop, which
-/// then sees that the device wants backend input again; processed on the vCPU thread, it
-/// would leave the backend unpolled for good.
-#[test]
-fn a_trapped_receive_notify_resumes_a_paused_backend() {
+/// A virtio-net device on a socket-pair backend (the peer is returned) behind a started
+/// virtio-mmio transport: VERSION_1 only (no EVENT_IDX, no mergeable buffers, no offloads),
+/// both queues at `RXQ` and `TXQ`.
+fn started_net() -> (
+    GuestMemoryMmap,
+    Arc<Mutex<dyn VirtioDevice>>,
+    MmioTransport,
+    std::os::unix::net::UnixDatagram,
+) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let (backend, peer) = seqpacket_pair();
     let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Net::new(
@@ -63,12 +66,21 @@ fn a_trapped_receive_notify_resumes_a_paused_backend() {
     let irq = Arc::new(EventFdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let mut transport = MmioTransport::new(mem.clone(), device.clone(), irq).unwrap();
     let size = u32::from(QUEUE_SIZE);
-    // VERSION_1 only: no EVENT_IDX, no mergeable buffers, no offloads.
     start_device(
         &mut transport,
         1 << VIRTIO_F_VERSION_1,
         &[(size, RXQ), (size, TXQ)],
     );
+    (mem, device, transport, peer)
+}
+
+/// The contract hole of issue 8: a receive-queue notification that no ioeventfd catches
+/// (here: none is registered) traps into the transport. It must reach the event loop, which
+/// then sees that the device wants backend input again; processed on the vCPU thread, it
+/// would leave the backend unpolled for good.
+#[test]
+fn a_trapped_receive_notify_resumes_a_paused_backend() {
+    let (mem, device, mut transport, peer) = started_net();
     let mut rxq = GuestQueue::new(&mem, GuestAddress(RXQ), QUEUE_SIZE);
     let mut event_loop = EventManager::<Arc<Mutex<QueueHandler>>>::new().unwrap();
     event_loop.add_subscriber(Arc::new(Mutex::new(transport.queue_handler().unwrap())));
@@ -145,20 +157,7 @@ fn drain(peer: &std::os::unix::net::UnixDatagram) -> usize {
 /// itself for the rest, and every other ready descriptor is served in between.
 #[test]
 fn a_full_queue_is_served_in_turns_with_everyone_else() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let (backend, peer) = seqpacket_pair();
-    let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Net::new(
-        backend,
-        [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-    )));
-    let irq = Arc::new(EventFdInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    let mut transport = MmioTransport::new(mem.clone(), device.clone(), irq).unwrap();
-    let size = u32::from(QUEUE_SIZE);
-    start_device(
-        &mut transport,
-        1 << VIRTIO_F_VERSION_1,
-        &[(size, RXQ), (size, TXQ)],
-    );
+    let (mem, _device, mut transport, peer) = started_net();
     let mut txq = GuestQueue::new(&mem, GuestAddress(TXQ), QUEUE_SIZE);
     let f = frame(60, 3);
     mem.write_slice(&f, GuestAddress(A)).unwrap();
