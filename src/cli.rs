@@ -128,6 +128,23 @@ pub struct Cli {
     #[arg(long, conflicts_with = "restore")]
     pub no_rng: bool,
 
+    /// Once everything given is open (kernel, initrd, disks, TAPs, /dev/kvm), shut vmm in:
+    /// new mount, IPC and UTS namespaces with DIR as the root (pivot_root, else chroot), the
+    /// user and group --jail-uid/--jail-gid, no capabilities, no_new_privs, no core dumps, and
+    /// Landlock where the kernel has it. Needs root. At run time paths are inside DIR: the API
+    /// socket and snapshot directories (DIR must be writable by that user for them). Not with
+    /// --restore or --vsock yet.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "vsock"])]
+    pub jail: Option<PathBuf>,
+
+    /// With --jail: the user vmm runs as (default 65534, nobody).
+    #[arg(long, value_name = "UID", requires = "jail")]
+    pub jail_uid: Option<u32>,
+
+    /// With --jail: the group vmm runs as (default 65534, nogroup).
+    #[arg(long, value_name = "GID", requires = "jail")]
+    pub jail_gid: Option<u32>,
+
     /// With --restore: keep the vCPUs paused until `PUT /vm/resume`.
     #[arg(long, requires = "restore", conflicts_with = "kernel")]
     pub restore_paused: bool,
@@ -194,6 +211,11 @@ impl Cli {
             exit_stats: self.exit_stats,
             seccomp,
             thp: !self.no_thp,
+            jail: self.jail.map(|dir| crate::jail::JailConfig {
+                dir,
+                uid: self.jail_uid.unwrap_or(crate::jail::DEFAULT_ID),
+                gid: self.jail_gid.unwrap_or(crate::jail::DEFAULT_ID),
+            }),
         })
     }
 }

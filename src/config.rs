@@ -27,6 +27,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Ask for transparent huge pages for guest RAM (not `--no-thp`).
     pub thp: bool,
+    /// Shut vmm in once everything is open (`--jail DIR`).
+    pub jail: Option<crate::jail::JailConfig>,
 }
 
 /// One virtio device. A snapshot saves the list a VM was made of, and the restore makes the

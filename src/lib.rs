@@ -18,6 +18,7 @@ pub mod device_manager;
 pub mod disk;
 pub mod event_loop;
 pub mod exit_stats;
+pub mod jail;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;

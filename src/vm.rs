@@ -177,7 +177,7 @@ impl Persist for Vm {
 }
 
 /// Opens a KVM device node, turning the common failures into messages that say what to do.
-fn open_kvm(path: &Path) -> Result<Kvm, Error> {
+pub fn open_kvm(path: &Path) -> Result<Kvm, Error> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
         Error::OpenKvm {
             path: path.to_path_buf(),
@@ -230,8 +230,7 @@ impl Vm {
     /// Opens `kvm_path`, checks the API version and capabilities, and creates a VM with the
     /// in-kernel irqchip and PIT, with `mem` as its RAM (the caller keeps `mem` alive for as
     /// long as the VM exists: the VMM holds it until every vCPU has stopped).
-    pub fn new(kvm_path: &Path, mem: &GuestMemoryMmap) -> Result<Self, Error> {
-        let kvm = open_kvm(kvm_path)?;
+    pub fn new(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<Self, Error> {
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
             return Err(Error::ApiVersion(version));

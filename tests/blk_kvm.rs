@@ -252,3 +252,50 @@ fn a_guest_that_floods_a_queue_does_not_starve_the_vmm() {
         "SIGTERM took {ended:?} during the flood"
     );
 }
+
+/// Issue 23: a jailed vmm (`--jail DIR`, run as root; tests/net_kvm.rs checks its uid,
+/// capabilities and root) still serves its guest's disk: the image was opened before the jail,
+/// and the guest's write, flush and read reach it. The API socket is made inside DIR, as the
+/// jail's user, and is gone when vmm ends.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn a_jailed_vmm_serves_its_guests_disk() {
+    use std::os::unix::fs::MetadataExt;
+    let img = disk("blk-jail.img");
+    let dir = common::scratch(&format!("jail-blk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The jail's user makes the API socket in it.
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let jail = dir.display().to_string();
+    let a = blk_args(
+        &[
+            "--rootfs",
+            &img.display().to_string(),
+            "--jail",
+            &jail,
+            "--api-socket",
+            "/api.sock",
+        ],
+        "test=blklines",
+    );
+    let mut child = spawn(&refs(&a));
+    common::read_until(&mut child, "blklines: ready\n", LIMIT);
+    let sock = dir.join("api.sock");
+    let meta = std::fs::symlink_metadata(&sock).expect("the API socket inside the jail");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o600));
+    let (status, body) = common::api::curl(&sock, "GET", "/vm", None);
+    assert_eq!(status, 200, "{body}");
+    let run = common::finish(child, b"w 9 jailed write\nr 9\nquit\n", LIMIT);
+    let out = run.stdout_str();
+    assert!(
+        out.contains("blklines: used 2 status 0 data jailed write"),
+        "{out}\n{}",
+        run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[9 * 512..9 * 512 + 12], b"jailed write");
+    assert!(!sock.exists(), "the API socket is left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}

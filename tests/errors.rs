@@ -463,3 +463,42 @@ fn restore_of_a_directory_that_is_no_snapshot() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--jail` mistakes are usage errors (exit 2), found before anything is opened.
+#[test]
+fn jail_mistakes_are_clear_errors() {
+    let kernel = guest("pvh.elf").display().to_string();
+    let o = vmm(
+        &["--kernel", &kernel, "--jail", "/nonexistent-jail"],
+        &[],
+        None,
+    );
+    assert_error(
+        &o,
+        2,
+        "--jail /nonexistent-jail: not a directory vmm can use",
+    );
+    let o = vmm(&["--kernel", &kernel, "--jail", &kernel], &[], None);
+    assert_error(&o, 2, "not a directory vmm can use");
+    if is_root() {
+        let o = vmm(&["--kernel", &kernel, "--jail", "/tmp"], &[], Some(NOBODY));
+        assert_error(&o, 2, "--jail needs root");
+    }
+    let o = vmm(&["--kernel", &kernel, "--jail-uid", "5"], &[], None);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--jail <DIR>"), "{}", o.stderr);
+    let o = vmm(
+        &[
+            "--kernel",
+            &kernel,
+            "--jail",
+            "/tmp",
+            "--vsock",
+            "uds=/tmp/j.sock",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("cannot be used with"), "{}", o.stderr);
+}

@@ -44,6 +44,7 @@ fn config(api_socket: PathBuf) -> VmConfig {
         // The filters would apply to this test process's threads.
         seccomp: false,
         thp: true,
+        jail: None,
     }
 }
 

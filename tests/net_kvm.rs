@@ -123,7 +123,64 @@ fn hex(bytes: &[u8]) -> String {
     ignore = "needs a usable /dev/kvm, and root with iproute2 and /dev/net/tun for a network namespace"
 )]
 fn frames_cross_the_tap_both_ways() {
-    let ns = Netns::create("net", None).expect(
+    frames_cross("net", &[], |_| {});
+}
+
+/// Issue 23: `--jail DIR` (run as root): while its guest exchanges frames over the TAP, vmm
+/// runs as uid/gid 65534 with no capabilities (`CapEff`, `CapPrm`, `CapBnd` all 0),
+/// `NoNewPrivs: 1`, in its own mount namespace, with DIR as its root; the frames still cross
+/// both ways. (tests/blk_kvm.rs has a jailed guest using its disk.)
+#[test]
+#[cfg_attr(
+    any(no_kvm, no_netns),
+    ignore = "needs a usable /dev/kvm, and root with iproute2 and /dev/net/tun for a network namespace"
+)]
+fn a_jailed_vmm_is_unprivileged_in_its_directory_and_its_guest_uses_the_network() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = common::scratch(&format!("jail-net-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("jail-marker"), b"inside").unwrap();
+    let jail = dir.display().to_string();
+    frames_cross("jailnet", &["--jail", &jail], |pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Uid:"), "65534 65534 65534 65534", "{status}");
+        assert_eq!(field("Gid:"), "65534 65534 65534 65534", "{status}");
+        for caps in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps} {status}");
+        }
+        assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+        // Its root is DIR: the same directory, and the marker in it is at its top.
+        let root = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
+        let jail_meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            (root.dev(), root.ino()),
+            (jail_meta.dev(), jail_meta.ino()),
+            "/proc/{pid}/root is not {}",
+            dir.display()
+        );
+        assert!(std::path::Path::new(&format!("/proc/{pid}/root/jail-marker")).exists());
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+        assert_ne!(
+            ns(&pid.to_string()),
+            ns("self"),
+            "a mount namespace of its own"
+        );
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `test=net` with `--net` on a TAP in a namespace of its own, plus `extra`; `during`
+/// gets vmm's pid once the guest's frame has arrived (the guest waits for the reply).
+fn frames_cross(tag: &str, extra: &[&str], during: impl FnOnce(u32)) {
+    let ns = Netns::create(tag, None).expect(
         "a network namespace with a TAP (root, iproute2 and /dev/net/tun were there at build time)",
     );
     let (sock, ifindex) = packet_socket(&ns.name);
@@ -145,6 +202,7 @@ fn frames_cross_the_tap_both_ways() {
             &format!("tap={TAP},mac={mac}"),
         ])
         .args(["--cmdline", "test=net"])
+        .args(extra)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -160,6 +218,7 @@ fn frames_cross_the_tap_both_ways() {
         frame[14..].starts_with(b"vmm-test-guest says hello"),
         "{frame:02x?}"
     );
+    during(child.id());
 
     // Host → guest: a frame the guest prints byte for byte.
     let mut reply = Vec::new();

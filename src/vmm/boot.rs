@@ -36,6 +36,7 @@ use crate::stop::VmStop;
 use crate::vcpus::Vcpus;
 use crate::vm::Vm;
 use crate::{api, timeline, vcpu};
+use kvm_ioctls::Kvm;
 
 // The DSDT's `_S5_` and the sleep register must agree on what "power off" is.
 const _: () = assert!(acpi::S5_SLP_TYP == devices::power::S5_SLP_TYP);
@@ -52,7 +53,30 @@ impl Vmm {
             devices: device_files,
             cmdline,
         } = open_inputs(config)?;
+        let kvm = crate::vm::open_kvm(&config.kvm_path)?;
         let signal_evt = install_signal_handlers()?;
+        // Everything is open: with --jail, vmm shuts itself in before it maps guest memory or
+        // starts a thread.
+        if let Some(jail) = &config.jail {
+            let entered = crate::jail::enter(jail)?;
+            timeline::mark("jailed");
+            log::info!(
+                "jailed in {} as {}:{} ({}, Landlock {})",
+                jail.dir.display(),
+                jail.uid,
+                jail.gid,
+                if entered.pivoted {
+                    "pivot_root"
+                } else {
+                    "chroot"
+                },
+                if entered.landlocked {
+                    "on"
+                } else {
+                    "not available"
+                }
+            );
+        }
 
         // 2. Guest memory.
         // A vhost-user back end (virtio-fs) maps guest RAM itself: it is then a shared memfd.
@@ -110,7 +134,7 @@ impl Vmm {
         let copies = CopyQueue::new(&copies);
         let (vm, devices) = copy_alongside(config, &mem, &copies, || {
             // 5. The VM, sent to the vCPU threads.
-            let vm = Arc::new(create_vm(&config.kvm_path, &mem, config.cpus)?);
+            let vm = Arc::new(create_vm(kvm, &mem, config.cpus)?);
             vcpus.setup(&vm, kernel.entry);
             // 6. The devices.
             let devices = create_devices(&vm, &mem, &stop, device_files)?;
@@ -224,6 +248,9 @@ fn open(path: &Path) -> io::Result<File> {
 
 /// Checks the user's values that need no KVM: CPU count, memory size against the host.
 fn check_config(config: &VmConfig) -> Result<(), Error> {
+    if let Some(jail) = &config.jail {
+        crate::jail::check(jail)?;
+    }
     if config.cpus > u16::from(mptable::MAX_SUPPORTED_CPUS) {
         return Err(Error::TooManyCpusForMpTable {
             requested: config.cpus,
@@ -352,8 +379,8 @@ pub(super) fn spawn_vcpus(
 }
 
 /// Opens KVM and creates the VM with `mem` as its RAM, checking that it can have `cpus` vCPUs.
-pub(super) fn create_vm(kvm_path: &Path, mem: &GuestMemoryMmap, cpus: u16) -> Result<Vm, Error> {
-    let vm = Vm::new(kvm_path, mem)?;
+pub(super) fn create_vm(kvm: Kvm, mem: &GuestMemoryMmap, cpus: u16) -> Result<Vm, Error> {
+    let vm = Vm::new(kvm, mem)?;
     if usize::from(cpus) > vm.max_vcpus {
         return Err(Error::TooManyCpus {
             requested: cpus,

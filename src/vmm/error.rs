@@ -132,6 +132,8 @@ pub enum Error {
     VsockCid { given: u64, saved: u64 },
     #[error("--vsock: the snapshot has no virtio-vsock device")]
     NoVsockInSnapshot,
+    #[error(transparent)]
+    Jail(#[from] crate::jail::Error),
     #[error(
         "the disk {path} is {now} bytes, but was {saved} bytes when the snapshot was taken: it \
          is not the disk the snapshot's guest used (restore with that disk, unchanged)"
@@ -186,7 +188,8 @@ impl Error {
             | Error::RestoreVirtio { .. }
             | Error::RestoreCpu { .. }
             | Error::Vcpu(vcpu::Error::Restore { .. })
-            | Error::Cmdline(_) => 2,
+            | Error::Cmdline(_)
+            | Error::Jail(crate::jail::Error::Dir(..) | crate::jail::Error::NotRoot) => 2,
             _ => 1,
         }
     }

@@ -81,7 +81,8 @@ impl Vmm {
         let cpus = saved.cpus;
         let (stop, filters, mut vcpus) = spawn_vcpus(&mem, cpus, config.seccomp)?;
 
-        let mut vm = create_vm(&config.kvm_path, &mem, u16::from(cpus))?;
+        let kvm = crate::vm::open_kvm(&config.kvm_path)?;
+        let mut vm = create_vm(kvm, &mem, u16::from(cpus))?;
         for (index, vcpu) in (0..cpus).zip(&vcpu_states) {
             let here = cpuid::normalize(&vm.supported_cpuid, index, cpus);
             vcpu::state::check_cpuid(&vcpu.cpuid, here.as_slice())
