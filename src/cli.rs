@@ -104,9 +104,10 @@ pub struct Cli {
     /// Start the VM saved in the snapshot directory DIR (written by `PUT /vm/snapshot`)
     /// instead of booting a kernel: the guest continues where it was paused. Its memory,
     /// vCPUs, disks and network interfaces come from the snapshot (the disks and TAPs are
-    /// opened again by their paths and names).
+    /// opened again by their paths and names, or: `--drive path=PATH` once per snapshot disk
+    /// and `--net tap=NAME` once per interface give each clone its own, in order).
     #[arg(long, value_name = "DIR",
-          conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "rootfs", "drives", "nets"])]
+          conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "rootfs"])]
     pub restore: Option<PathBuf>,
 
     /// Run without the seccomp filters (for debugging: every thread of the VMM normally runs
@@ -174,6 +175,8 @@ impl Cli {
                 exit_stats: self.exit_stats,
                 seccomp,
                 vsock: self.vsock.map(|v| (v.cid, v.uds)),
+                disks: self.drives,
+                nets: self.nets,
             });
         };
         // The root disk comes first (/dev/vda), then the drives, the network interfaces and
@@ -587,11 +590,39 @@ mod tests {
             &["--memory", "256"],
             &["--cpus", "2"],
             &["--rootfs", "r.img"],
-            &["--net", "tap=t0"],
+            &["--no-thp"],
         ] {
             let args: Vec<&str> = ["--restore", "snap"].iter().chain(extra).copied().collect();
             assert_eq!(parse(&args).unwrap_err().exit_code(), 2, "{extra:?}");
         }
+        // A clone's own disks and TAPs, in order.
+        let cli = parse(&[
+            "--restore",
+            "snap",
+            "--drive",
+            "path=a.img",
+            "--drive",
+            "path=b.img,ro",
+            "--net",
+            "tap=t1",
+        ])
+        .unwrap();
+        let Command::Restore(config) = cli.command(PathBuf::from("/dev/kvm")) else {
+            panic!("a restore");
+        };
+        let paths: Vec<_> = config
+            .disks
+            .iter()
+            .map(|d| (d.path.clone(), d.read_only))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                (PathBuf::from("a.img"), false),
+                (PathBuf::from("b.img"), true)
+            ]
+        );
+        assert_eq!(config.nets[0].tap, "t1");
         // --restore-paused needs --restore.
         assert_eq!(
             parse(&["--kernel", "k", "--restore-paused"])

@@ -105,4 +105,10 @@ pub struct RestoreConfig {
     /// `--vsock` with `--restore`: a new socket path for the snapshot's vsock device, and the
     /// CID if the user gave one (it must be the snapshot's).
     pub vsock: Option<(Option<u64>, PathBuf)>,
+    /// `--drive` with `--restore`: new images for the snapshot's disks, in order (all of
+    /// them, or none), each as large as the snapshot's was.
+    pub disks: Vec<DiskConfig>,
+    /// `--net` with `--restore`: new TAPs for the snapshot's interfaces, in order (all or none);
+    /// each keeps the MAC the guest saw.
+    pub nets: Vec<NetConfig>,
 }

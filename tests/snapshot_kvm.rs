@@ -395,3 +395,95 @@ fn a_vm_with_a_shared_directory_refuses_snapshots_and_its_virtiofsd_ends_with_it
         "virtiofsd outlived vmm"
     );
 }
+
+/// Issue 23 (restore overrides; issue 24's clones build on them): two VMs restored at once from
+/// one snapshot, each with its own copy of the disk (`--drive path=` with `--restore`), write
+/// their own images; the snapshot's image is untouched. A count or mode that does not match
+/// the snapshot's disks is refused (exit 2).
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn clones_restored_with_their_own_disks_write_their_own_images() {
+    let image = disk_image("clones", 64);
+    let drive = format!("path={}", image.display());
+    let sock = socket_path("clones");
+    let mut vm = ApiVm::spawn(
+        sock.clone(),
+        &vmm_args(&sock, "test=blklines", &["--drive", &drive]),
+    );
+    vm.wait_for("blklines: ready\n");
+    vm.send(b"w 3 shared\n");
+    vm.wait_for("blklines: used 1 status 0\n");
+    let dir = snapshot_dir("clones");
+    snapshot_and_kill(vm, &dir);
+    let original = std::fs::read(&image).unwrap();
+
+    let copies: Vec<PathBuf> = ["b", "c"]
+        .iter()
+        .map(|name| {
+            let copy = common::scratch(&format!("snapshot-clones-{name}.img"));
+            std::fs::copy(&image, &copy).unwrap();
+            copy
+        })
+        .collect();
+    let mut clones: Vec<ApiVm> = copies
+        .iter()
+        .enumerate()
+        .map(|(i, copy)| {
+            restore(
+                &format!("clone-{i}"),
+                &dir,
+                &["--drive", &format!("path={}", copy.display())],
+            )
+        })
+        .collect();
+    for (i, clone) in clones.iter_mut().enumerate() {
+        clone.send(format!("w 5 clone {i}\nr 3\n").as_bytes());
+        clone.wait_for("blklines: used 3 status 0 data shared..........\n");
+    }
+    for clone in clones.iter_mut() {
+        clone.send(b"quit\n");
+    }
+    for clone in clones {
+        let (status, stderr) = clone.wait(LIMIT);
+        assert_eq!(status, Some(0), "{stderr}");
+    }
+    for (i, copy) in copies.iter().enumerate() {
+        let bytes = std::fs::read(copy).unwrap();
+        assert_eq!(
+            &bytes[5 * 512..5 * 512 + 7],
+            format!("clone {i}").as_bytes()
+        );
+        assert_eq!(&bytes[3 * 512..3 * 512 + 6], b"shared");
+    }
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        original,
+        "the snapshot's image changed"
+    );
+
+    let restore_with = |extra: &[&str]| {
+        let mut args = vec!["--restore".to_string(), dir.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_vmm(&args, b"", LIMIT)
+    };
+    let b = format!("path={}", copies[0].display());
+    let run = restore_with(&["--drive", &b, "--drive", &b]);
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the snapshot has 1 disks and --drive gives 2"),
+        "{}",
+        run.stderr
+    );
+    let run = restore_with(&["--drive", &format!("{b},ro")]);
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("was read-write"), "{}", run.stderr);
+    let run = restore_with(&["--net", "tap=vmmnope0"]);
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the snapshot has 0 network interfaces"),
+        "{}",
+        run.stderr
+    );
+}

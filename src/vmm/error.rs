@@ -134,6 +134,8 @@ pub enum Error {
     NoVsockInSnapshot,
     #[error(transparent)]
     Jail(#[from] crate::jail::Error),
+    #[error("--restore: {0}")]
+    RestoreOverride(String),
     #[error(
         "the disk {path} is {now} bytes, but was {saved} bytes when the snapshot was taken: it \
          is not the disk the snapshot's guest used (restore with that disk, unchanged)"
@@ -182,6 +184,7 @@ impl Error {
             | Error::VsockCid { .. }
             | Error::NoVsockInSnapshot
             | Error::DiskChanged { .. }
+            | Error::RestoreOverride(_)
             | Error::Snapshot(_)
             | Error::RestoreVm(_)
             | Error::RestoreSerial(_)

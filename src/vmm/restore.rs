@@ -66,6 +66,7 @@ impl Vmm {
             }
             vsock.uds = uds.clone();
         }
+        override_disks_and_taps(&mut saved.devices, config)?;
         let device_files = virtio::open(&saved.devices, true)?;
         virtio::check_disk_sizes(&device_files, &disk_sizes)?;
         let signal_evt = install_signal_handlers()?;
@@ -122,4 +123,85 @@ impl Vmm {
         };
         Ok(Vmm::assemble(built, saved, options, Some(vm_state)))
     }
+}
+
+/// `--drive` and `--net` with `--restore`: each clone of a snapshot gets its own images and
+/// TAPs. Given, they replace the snapshot's in order, all of them: a disk keeps its mode and
+/// serial (the guest negotiated and read them) and must be as large as the snapshot's (checked
+/// once it is open); an interface keeps the MAC the guest saw.
+fn override_disks_and_taps(
+    devices: &mut [VirtioConfig],
+    config: &RestoreConfig,
+) -> Result<(), Error> {
+    let mismatch = |what: String| Error::RestoreOverride(what);
+    if !config.disks.is_empty() {
+        let mut saved: Vec<_> = devices
+            .iter_mut()
+            .filter_map(|d| match d {
+                VirtioConfig::Block(disk) => Some(disk),
+                _ => None,
+            })
+            .collect();
+        if saved.len() != config.disks.len() {
+            return Err(mismatch(format!(
+                "the snapshot has {} disks and --drive gives {}: give one --drive per disk, \
+                 in order, or none",
+                saved.len(),
+                config.disks.len()
+            )));
+        }
+        for (index, (disk, given)) in saved.iter_mut().zip(&config.disks).enumerate() {
+            if given.read_only != disk.read_only {
+                return Err(mismatch(format!(
+                    "disk {index} ({}) was {} in the snapshot; --drive path={} must say so \
+                     ({})",
+                    disk.path.display(),
+                    if disk.read_only {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
+                    given.path.display(),
+                    if disk.read_only {
+                        "add ,ro"
+                    } else {
+                        "drop ,ro"
+                    }
+                )));
+            }
+            if given.id.is_some() && given.id != disk.id {
+                return Err(mismatch(format!(
+                    "disk {index}'s serial is the snapshot's ({:?}): leave id= out",
+                    disk.id.as_deref().unwrap_or("")
+                )));
+            }
+            disk.path = given.path.clone();
+        }
+    }
+    if !config.nets.is_empty() {
+        let mut saved: Vec<_> = devices
+            .iter_mut()
+            .filter_map(|d| match d {
+                VirtioConfig::Net(net) => Some(net),
+                _ => None,
+            })
+            .collect();
+        if saved.len() != config.nets.len() {
+            return Err(mismatch(format!(
+                "the snapshot has {} network interfaces and --net gives {}: give one --net \
+                 per interface, in order, or none",
+                saved.len(),
+                config.nets.len()
+            )));
+        }
+        for (net, given) in saved.iter_mut().zip(&config.nets) {
+            if given.mac.is_some() && given.mac != net.mac {
+                return Err(mismatch(
+                    "an interface keeps the MAC its guest saw: leave mac= out".to_string(),
+                ));
+            }
+            net.tap = given.tap.clone();
+        }
+    }
+    Ok(())
 }
