@@ -133,9 +133,9 @@ pub struct Cli {
     /// new mount, IPC and UTS namespaces with DIR as the root (pivot_root, else chroot), the
     /// user and group --jail-uid/--jail-gid, no capabilities, no_new_privs, no core dumps, and
     /// Landlock where the kernel has it. Needs root. At run time paths are inside DIR: the API
-    /// socket and snapshot directories (DIR must be writable by that user for them). Not with
-    /// --restore or --vsock yet.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "vsock"])]
+    /// socket, snapshot directories and vsock's `PATH_P` (DIR must be writable by that user
+    /// for them); `--vsock uds=` must be a path inside DIR.
+    #[arg(long, value_name = "DIR")]
     pub jail: Option<PathBuf>,
 
     /// With --jail: the user vmm runs as (default 65534, nobody).
@@ -177,6 +177,11 @@ impl Cli {
                 vsock: self.vsock.map(|v| (v.cid, v.uds)),
                 disks: self.drives,
                 nets: self.nets,
+                jail: self.jail.map(|dir| crate::jail::JailConfig {
+                    dir,
+                    uid: self.jail_uid.unwrap_or(crate::jail::DEFAULT_ID),
+                    gid: self.jail_gid.unwrap_or(crate::jail::DEFAULT_ID),
+                }),
             });
         };
         // The root disk comes first (/dev/vda), then the drives, the network interfaces and

@@ -111,4 +111,6 @@ pub struct RestoreConfig {
     /// `--net` with `--restore`: new TAPs for the snapshot's interfaces, in order (all or none);
     /// each keeps the MAC the guest saw.
     pub nets: Vec<NetConfig>,
+    /// Shut vmm in once the snapshot and everything it names is open (`--jail DIR`).
+    pub jail: Option<crate::jail::JailConfig>,
 }

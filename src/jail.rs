@@ -17,9 +17,11 @@
 //!
 //! Threads made afterwards (the vCPUs, the kernel copy) inherit all of it; the seccomp filters
 //! go on later, as without a jail. What a jailed vmm does at run time with a path — the API
-//! socket, a snapshot directory — happens inside DIR, as the jail's uid: DIR must be a
-//! directory that uid may write to (for the API socket and snapshots), and nothing else needs
-//! to be in it (no device nodes: `/dev/kvm`, the TAPs and the images are open already).
+//! socket, a snapshot directory, a vsock guest connection to `PATH_P` — happens inside DIR, as
+//! the jail's uid: DIR must be a directory that uid may write to (for the API socket, the vsock
+//! socket's removal and snapshots), and nothing else needs to be in it (no device nodes:
+//! `/dev/kvm`, the TAPs, the images and a snapshot's files are open already). The vsock socket
+//! (`--vsock uds=`) is bound before the jail, so it must be given inside DIR, as a host path.
 
 use std::ffi::CString;
 use std::io;
@@ -46,6 +48,37 @@ pub enum Error {
     NotRoot,
     #[error("--jail: {0} failed")]
     Step(&'static str, #[source] io::Error),
+    #[error(
+        "with --jail {dir}, {option} {path} must be inside {dir} (the jailed vmm reaches it \
+         from inside)"
+    )]
+    NotInside {
+        option: &'static str,
+        path: PathBuf,
+        dir: PathBuf,
+    },
+}
+
+/// Where `path`, a host path inside DIR, is for a vmm jailed in DIR (`option` names it in the
+/// error when it is not inside). Its parent directory must exist.
+pub fn inside(jail: &JailConfig, option: &'static str, path: &Path) -> Result<PathBuf, Error> {
+    let not_inside = || Error::NotInside {
+        option,
+        path: path.to_owned(),
+        dir: jail.dir.clone(),
+    };
+    let dir = jail
+        .dir
+        .canonicalize()
+        .map_err(|e| Error::Dir(jail.dir.clone(), e))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = parent.canonicalize().map_err(|_| not_inside())?;
+    let relative = parent.strip_prefix(&dir).map_err(|_| not_inside())?;
+    let name = path.file_name().ok_or_else(not_inside)?;
+    Ok(Path::new("/").join(relative).join(name))
 }
 
 /// What [`enter`] did, for the log and the tests.

@@ -327,6 +327,31 @@ fn a_restored_disk_continues_its_queue_and_its_writes_reach_the_image() {
     assert_eq!(&bytes[3 * 512..3 * 512 + 6], b"before");
     assert_eq!(&bytes[5 * 512..5 * 512 + 13], b"after restore");
 
+    // A disk replaced by a copy (the same size, another file) is refused, unless the copy is
+    // named on purpose with --drive.
+    let copy = image.with_extension("copy");
+    std::fs::copy(&image, &copy).unwrap();
+    std::fs::rename(&copy, &image).unwrap();
+    assert_refused(
+        &dir,
+        "disk replaced",
+        "is another file than when the snapshot was taken",
+    );
+    let mut vm = restore(
+        "blk-replaced",
+        &dir,
+        &["--drive", &format!("path={}", image.display())],
+    );
+    vm.send(
+        b"quit
+",
+    );
+    vm.wait_for(
+        "blklines: done
+",
+    );
+    let (status, stderr) = vm.wait(LIMIT);
+    assert_eq!(status, Some(0), "{stderr}");
     // A snapshot whose disk changed size is refused (issue 23): it is not the guest's disk.
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -486,4 +511,68 @@ fn clones_restored_with_their_own_disks_write_their_own_images() {
         "{}",
         run.stderr
     );
+}
+
+/// Issue 23: a jailed restore (`--restore DIR --jail J`, as root). The snapshot's files are
+/// opened before the jail; then the guest goes on, the API socket is made inside J, a snapshot
+/// taken through it lands inside J (written as the jail's user), the vsock socket given inside
+/// J (as a host path) takes connections, and both socket files are gone at the end.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs a usable /dev/kvm")]
+fn a_jailed_restore_goes_on_and_writes_its_snapshots_inside_the_jail() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = snapshot_dir("jailed");
+    let jail = common::scratch(&format!("snapshot-jail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&jail);
+    std::fs::create_dir_all(&jail).unwrap();
+    std::os::unix::fs::chown(&jail, Some(65534), Some(65534)).unwrap();
+    let uds1 = jail.join("v1.sock");
+    let sock = socket_path("jailed");
+    let mut vm = ApiVm::spawn(
+        sock.clone(),
+        &vmm_args(
+            &sock,
+            "test=lines",
+            &["--vsock", &format!("uds={}", uds1.display())],
+        ),
+    );
+    vm.wait_for("lines: ready\n");
+    vm.send(b"one\n");
+    vm.wait_for("line 1: one\n");
+    snapshot_and_kill(vm, &dir);
+    let _ = std::fs::remove_file(&uds1);
+
+    let api = jail.join("api.sock");
+    let uds2 = jail.join("v2.sock");
+    let mut vm = ApiVm::spawn(
+        api.clone(),
+        &[
+            "--restore".to_string(),
+            dir.display().to_string(),
+            "--jail".to_string(),
+            jail.display().to_string(),
+            "--api-socket".to_string(),
+            "/api.sock".to_string(),
+            "--vsock".to_string(),
+            format!("uds={}", uds2.display()),
+        ],
+    );
+    vm.send(b"two\n");
+    vm.wait_for("line 2: two\n");
+    assert_eq!(std::fs::symlink_metadata(&api).unwrap().uid(), 65534);
+    std::os::unix::net::UnixStream::connect(&uds2).expect("the vsock socket inside the jail");
+    assert_eq!(curl(&api, "PUT", "/vm/pause", None).0, 204);
+    let (code, answer) = curl(&api, "PUT", "/vm/snapshot", Some(r#"{"path": "/again"}"#));
+    assert_eq!(code, 200, "{answer}");
+    let state = std::fs::metadata(jail.join("again/state")).expect("the snapshot inside the jail");
+    assert_eq!(state.uid(), 65534);
+    assert_eq!(curl(&api, "PUT", "/vm/resume", None).0, 204);
+    vm.signal(libc::SIGTERM);
+    let (status, stderr) = vm.wait(LIMIT);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(
+        !api.exists() && !uds2.exists(),
+        "a socket file is left behind"
+    );
+    let _ = std::fs::remove_dir_all(&jail);
 }

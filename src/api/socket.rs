@@ -122,6 +122,11 @@ impl SocketFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The same file under another name: where a jailed vmm finds it (`--jail`).
+    pub fn set_path(&mut self, path: PathBuf) {
+        self.path = path;
+    }
 }
 
 impl Drop for SocketFile {

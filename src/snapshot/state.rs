@@ -22,10 +22,19 @@ pub struct SnapshotState {
     pub virtio: Vec<devices::virtio::mmio::MmioState>,
     /// The exit code the guest chose through its port, if it wrote one.
     pub guest_exit_code: Option<u8>,
-    /// Each disk's size in bytes when the snapshot was taken, in device order: a restore
-    /// refuses a disk whose size changed (it is not the disk the guest's page cache and file
-    /// systems remember).
-    pub disk_sizes: Vec<u64>,
+    /// Each disk as it was when the snapshot was taken, in device order: a restore refuses a
+    /// disk that is not that one (the guest's page cache and file systems remember it).
+    pub disks: Vec<DiskIdentity>,
+}
+
+/// Which file a disk was, and how large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskIdentity {
+    pub size: u64,
+    /// The file's device and inode numbers: the snapshot's own path must still name this file
+    /// (another file is given with `--drive` on restore, and then only its size is checked).
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The configuration a snapshot was taken with.

@@ -50,7 +50,7 @@ impl Vmm {
         let Inputs {
             kernel: mut kernel_file,
             initrd: initrd_file,
-            devices: device_files,
+            devices: mut device_files,
             cmdline,
         } = open_inputs(config)?;
         let kvm = crate::vm::open_kvm(&config.kvm_path)?;
@@ -58,24 +58,7 @@ impl Vmm {
         // Everything is open: with --jail, vmm shuts itself in before it maps guest memory or
         // starts a thread.
         if let Some(jail) = &config.jail {
-            let entered = crate::jail::enter(jail)?;
-            timeline::mark("jailed");
-            log::info!(
-                "jailed in {} as {}:{} ({}, Landlock {})",
-                jail.dir.display(),
-                jail.uid,
-                jail.gid,
-                if entered.pivoted {
-                    "pivot_root"
-                } else {
-                    "chroot"
-                },
-                if entered.landlocked {
-                    "on"
-                } else {
-                    "not available"
-                }
-            );
+            enter_jail(jail, &mut device_files)?;
         }
 
         // 2. Guest memory.
@@ -250,6 +233,11 @@ fn open(path: &Path) -> io::Result<File> {
 fn check_config(config: &VmConfig) -> Result<(), Error> {
     if let Some(jail) = &config.jail {
         crate::jail::check(jail)?;
+        for device in &config.devices {
+            if let VirtioConfig::Vsock(vsock) = device {
+                crate::jail::inside(jail, "--vsock uds", &vsock.uds)?;
+            }
+        }
     }
     if config.cpus > u16::from(mptable::MAX_SUPPORTED_CPUS) {
         return Err(Error::TooManyCpusForMpTable {
@@ -269,8 +257,9 @@ fn check_config(config: &VmConfig) -> Result<(), Error> {
         mib: config.memory_mib,
         source,
     })?;
-    // The socket is created only once the vCPUs run; a path that cannot work fails now.
-    if let Some(path) = &config.api_socket {
+    // The socket is created only once the vCPUs run; a path that cannot work fails now
+    // (a jailed vmm's is inside the jail, checked when it is made).
+    if let Some(path) = config.api_socket.as_ref().filter(|_| config.jail.is_none()) {
         api::socket::check_path("--api-socket", path)?;
     }
     Ok(())
@@ -388,6 +377,35 @@ pub(super) fn create_vm(kvm: Kvm, mem: &GuestMemoryMmap, cpus: u16) -> Result<Vm
         });
     }
     Ok(vm)
+}
+
+/// `--jail`: shuts vmm in (everything it was given is open by now) and tells the devices
+/// where their sockets are from inside.
+pub(super) fn enter_jail(
+    jail: &crate::jail::JailConfig,
+    devices: &mut [virtio::Opened],
+) -> Result<(), Error> {
+    let paths = virtio::jail_paths(devices, jail)?;
+    let entered = crate::jail::enter(jail)?;
+    virtio::move_into_jail(devices, paths);
+    timeline::mark("jailed");
+    log::info!(
+        "jailed in {} as {}:{} ({}, Landlock {})",
+        jail.dir.display(),
+        jail.uid,
+        jail.gid,
+        if entered.pivoted {
+            "pivot_root"
+        } else {
+            "chroot"
+        },
+        if entered.landlocked {
+            "on"
+        } else {
+            "not available"
+        }
+    );
+    Ok(())
 }
 
 /// The seccomp filters, built (a few tens of microseconds), with the SIGSYS handler in place;

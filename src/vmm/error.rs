@@ -141,6 +141,12 @@ pub enum Error {
          is not the disk the snapshot's guest used (restore with that disk, unchanged)"
     )]
     DiskChanged { path: PathBuf, saved: u64, now: u64 },
+    #[error(
+        "the disk {path} is another file than when the snapshot was taken (it was replaced or \
+         copied): restore with the snapshot's own disk, or name the copy with --drive path=… \
+         to use it on purpose"
+    )]
+    DiskReplaced { path: PathBuf },
     #[error("cannot restore the snapshot")]
     Snapshot(#[from] snapshot::LoadError),
     #[error("cannot restore the VM's interrupt controllers, PIT and clock from the snapshot")]
@@ -184,6 +190,7 @@ impl Error {
             | Error::VsockCid { .. }
             | Error::NoVsockInSnapshot
             | Error::DiskChanged { .. }
+            | Error::DiskReplaced { .. }
             | Error::RestoreOverride(_)
             | Error::Snapshot(_)
             | Error::RestoreVm(_)
@@ -192,7 +199,11 @@ impl Error {
             | Error::RestoreCpu { .. }
             | Error::Vcpu(vcpu::Error::Restore { .. })
             | Error::Cmdline(_)
-            | Error::Jail(crate::jail::Error::Dir(..) | crate::jail::Error::NotRoot) => 2,
+            | Error::Jail(
+                crate::jail::Error::Dir(..)
+                | crate::jail::Error::NotRoot
+                | crate::jail::Error::NotInside { .. },
+            ) => 2,
             _ => 1,
         }
     }

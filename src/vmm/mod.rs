@@ -292,10 +292,16 @@ impl Vmm {
             .map(|t| lock(t).state())
             .collect();
         // What the guest wrote reaches the disks before the snapshot says it did.
-        let mut disk_sizes = Vec::with_capacity(self.devices.disks.len());
+        let mut disks = Vec::with_capacity(self.devices.disks.len());
         for disk in &self.devices.disks {
+            use std::os::unix::fs::MetadataExt;
             disk.sync_data().map_err(SaveError::DiskSync)?;
-            disk_sizes.push(disk.metadata().map_err(SaveError::DiskSync)?.len());
+            let meta = disk.metadata().map_err(SaveError::DiskSync)?;
+            disks.push(crate::snapshot::state::DiskIdentity {
+                size: meta.len(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            });
         }
         let state = SnapshotState {
             config: self.config.clone(),
@@ -304,7 +310,7 @@ impl Vmm {
             serial,
             virtio,
             guest_exit_code: GuestExitCode::read(&self.devices.guest_code),
-            disk_sizes,
+            disks,
         };
         snapshot::save(dir, &state, &self.mem, started)
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use boot::{memory, mptable};
 use devices::Persist;
 
-use super::boot::{create_vm, install_signal_handlers, spawn_vcpus};
+use super::boot::{create_vm, enter_jail, install_signal_handlers, spawn_vcpus};
 use super::devices::create_devices;
 use super::error::Error;
 use super::virtio;
@@ -27,7 +27,11 @@ use crate::{api, cpuid, timeline, vcpu};
 impl Vmm {
     /// Builds the VM saved in `config.dir`, ready to run where it was paused.
     pub fn restore(config: &RestoreConfig) -> Result<Vmm, Error> {
-        if let Some(path) = &config.api_socket {
+        if let Some(jail) = &config.jail {
+            crate::jail::check(jail)?;
+        }
+        // A jailed vmm's socket is inside the jail, checked when it is made.
+        if let Some(path) = config.api_socket.as_ref().filter(|_| config.jail.is_none()) {
             api::socket::check_path("--api-socket", path)?;
         }
         let Snapshot { state, memory } = snapshot::load(&config.dir)?;
@@ -39,7 +43,7 @@ impl Vmm {
             serial: serial_state,
             virtio: virtio_states,
             guest_exit_code,
-            disk_sizes,
+            disks: saved_disks,
         } = state;
         if saved.cpus > mptable::MAX_SUPPORTED_CPUS {
             return Err(Error::TooManyCpusForMpTable {
@@ -67,8 +71,21 @@ impl Vmm {
             vsock.uds = uds.clone();
         }
         override_disks_and_taps(&mut saved.devices, config)?;
-        let device_files = virtio::open(&saved.devices, true)?;
-        virtio::check_disk_sizes(&device_files, &disk_sizes)?;
+        if let Some(jail) = &config.jail {
+            for device in &saved.devices {
+                if let VirtioConfig::Vsock(vsock) = device {
+                    crate::jail::inside(jail, "--vsock uds", &vsock.uds)?;
+                }
+            }
+        }
+        let mut device_files = virtio::open(&saved.devices, true)?;
+        virtio::check_disks(&device_files, &saved_disks, !config.disks.is_empty())?;
+        let kvm = crate::vm::open_kvm(&config.kvm_path)?;
+        // Everything is open: with --jail, vmm shuts itself in before it maps guest memory or
+        // starts a thread.
+        if let Some(jail) = &config.jail {
+            enter_jail(jail, &mut device_files)?;
+        }
         let signal_evt = install_signal_handlers()?;
 
         let mem =
@@ -82,7 +99,6 @@ impl Vmm {
         let cpus = saved.cpus;
         let (stop, filters, mut vcpus) = spawn_vcpus(&mem, cpus, config.seccomp)?;
 
-        let kvm = crate::vm::open_kvm(&config.kvm_path)?;
         let mut vm = create_vm(kvm, &mem, u16::from(cpus))?;
         for (index, vcpu) in (0..cpus).zip(&vcpu_states) {
             let here = cpuid::normalize(&vm.supported_cpuid, index, cpus);

@@ -45,6 +45,34 @@ pub(super) enum Helper {
     SocketFile(#[allow(dead_code, reason = "held only to be dropped")] SocketFile),
 }
 
+/// For `--jail`: where each vsock device's socket (bound at a host path inside DIR) is from
+/// inside the jail, in device order; computed before vmm enters it.
+pub(super) fn jail_paths(
+    opened: &[Opened],
+    jail: &crate::jail::JailConfig,
+) -> Result<Vec<std::path::PathBuf>, Error> {
+    let mut paths = Vec::new();
+    for device in opened {
+        if let Opened::Vsock(vsock, ..) = device {
+            paths.push(crate::jail::inside(jail, "--vsock uds", &vsock.uds)?);
+        }
+    }
+    Ok(paths)
+}
+
+/// Once vmm is jailed: each vsock device knows its socket by its path inside ([`jail_paths`]),
+/// for `PATH_P` and the file's removal.
+pub(super) fn move_into_jail(opened: &mut [Opened], paths: Vec<std::path::PathBuf>) {
+    let sockets = opened.iter_mut().filter_map(|device| match device {
+        Opened::Vsock(vsock, _, file, _) => Some((vsock, file)),
+        _ => None,
+    });
+    for ((vsock, file), inside) in sockets.zip(paths) {
+        file.set_path(inside.clone());
+        vsock.uds = inside;
+    }
+}
+
 impl Opened {
     /// The configuration, as a snapshot saves it.
     pub fn config(&self) -> VirtioConfig {
@@ -109,36 +137,44 @@ pub(super) fn open(configs: &[VirtioConfig], restoring: bool) -> Result<Vec<Open
         .collect()
 }
 
-/// A restore's disks are the snapshot's: each is as large as it was then (`saved`, in device
-/// order). A disk that grew, shrank or was replaced by another image is refused (exit code 2):
+/// A restore's disks are the snapshot's (`saved`, in device order): each is as large as it was
+/// then and, unless `overridden` (`--drive` gave other files), the very file it was (device and
+/// inode). A disk that grew, shrank or was replaced by another file is refused (exit code 2):
 /// the restored guest's page cache and file systems describe the old one.
-pub(super) fn check_disk_sizes(opened: &[Opened], saved: &[u64]) -> Result<(), Error> {
+pub(super) fn check_disks(
+    opened: &[Opened],
+    saved: &[crate::snapshot::state::DiskIdentity],
+    overridden: bool,
+) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
     let disks = opened.iter().filter_map(|device| match device {
         Opened::Block(disk, file) => Some((disk, file)),
         _ => None,
     });
     let mut count = 0;
-    for ((disk, file), &saved) in disks.zip(saved) {
+    for ((disk, file), saved) in disks.zip(saved) {
         count += 1;
-        let now = file
-            .metadata()
-            .map_err(|source| Error::Disk {
-                path: disk.path.clone(),
-                source: crate::disk::Error::Open(source),
-            })?
-            .len();
-        if now != saved {
+        let meta = file.metadata().map_err(|source| Error::Disk {
+            path: disk.path.clone(),
+            source: crate::disk::Error::Open(source),
+        })?;
+        if meta.len() != saved.size {
             return Err(Error::DiskChanged {
                 path: disk.path.clone(),
-                saved,
-                now,
+                saved: saved.size,
+                now: meta.len(),
+            });
+        }
+        if !overridden && (meta.dev(), meta.ino()) != (saved.dev, saved.ino) {
+            return Err(Error::DiskReplaced {
+                path: disk.path.clone(),
             });
         }
     }
     if count != saved.len() {
         return Err(Error::Snapshot(crate::snapshot::LoadError::Inconsistent {
             path: std::path::PathBuf::new(),
-            what: format!("{count} disks configured, {} sizes saved", saved.len()),
+            what: format!("{count} disks configured, {} saved", saved.len()),
         }));
     }
     Ok(())
