@@ -47,7 +47,10 @@ fn linux_restored_from_a_snapshot_answers_writes_its_disk_and_pings() {
         .file("vmm-api", &guest("vmm-api"))
         .file("vmm-vsock", &common::guest_tool("vmm-vsock"))
         .script(&format!(
-            r#"tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
+            r#"# A vmm that died must not take the script with it (a write to its FIFO would raise
+# SIGPIPE before its log is shown).
+trap '' PIPE
+tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
 cp rootfs.ext4 snap.ext4
 mkfifo in1 in2
 sleep 600 | ./vmm-vsock listen unix:$PWD/v1.sock_6000 >/dev/null 2>&1 &
