@@ -1,6 +1,8 @@
-//! Opening disk images: a regular file, read-only when asked (then the VMM cannot write it at
+//! Opening disk images: a regular file or a host block device (an LVM volume, a loop or nbd
+//! device, a device-mapper thin device), read-only when asked (then the VMM cannot write it at
 //! all), and locked (`flock`, through `File::try_lock`) so that two VMMs never write the same
-//! image: a writer takes an exclusive lock, a read-only user a shared one.
+//! image: a writer takes an exclusive lock, a read-only user a shared one. A character device,
+//! a FIFO, a socket or a directory is refused.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -11,7 +13,7 @@ use std::path::Path;
 pub enum Error {
     #[error("cannot open it")]
     Open(#[source] io::Error),
-    #[error("it is not a regular file (a raw disk image file is expected)")]
+    #[error("it is not a regular file or a block device (a raw disk image is expected)")]
     NotRegular,
     #[error(
         "it is locked by another process (is another vmm using it?); stop that process, or \
@@ -27,9 +29,23 @@ pub enum Error {
 /// non-blocking (`O_NONBLOCK`, taken off again for a regular file). `Ok(None)`: not a regular
 /// file.
 pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<Option<File>> {
+    open_checked(options, path, |t| t.is_file())
+}
+
+/// [`open_regular`], but a block device is accepted too (a disk).
+fn open_file_or_block_device(options: &mut OpenOptions, path: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::FileTypeExt;
+    open_checked(options, path, |t| t.is_file() || t.is_block_device())
+}
+
+fn open_checked(
+    options: &mut OpenOptions,
+    path: &Path,
+    wanted: impl Fn(std::fs::FileType) -> bool,
+) -> io::Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = options.custom_flags(libc::O_NONBLOCK).open(path)?;
-    if !file.metadata()?.is_file() {
+    if !wanted(file.metadata()?.file_type()) {
         return Ok(None);
     }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
@@ -47,7 +63,7 @@ pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<Option
 
 /// Opens and locks the disk image at `path`.
 pub fn open_disk(path: &Path, read_only: bool) -> Result<File, Error> {
-    let file = open_regular(OpenOptions::new().read(true).write(!read_only), path)
+    let file = open_file_or_block_device(OpenOptions::new().read(true).write(!read_only), path)
         .map_err(Error::Open)?
         .ok_or(Error::NotRegular)?;
     let locked = if read_only {

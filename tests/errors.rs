@@ -416,6 +416,18 @@ fn unusable_disk_images() {
     );
     assert_error(&o, 2, &format!("cannot use the disk image {dir}"));
     assert!(o.stderr.contains("not a regular file"), "{}", o.stderr);
+    // A character device is no disk (a block device is: tests/blk_kvm.rs).
+    let o = vmm(
+        &["--kernel", &kernel, "--drive", "path=/dev/null"],
+        &[],
+        None,
+    );
+    assert_error(&o, 2, "cannot use the disk image /dev/null");
+    assert!(
+        o.stderr.contains("not a regular file or a block device"),
+        "{}",
+        o.stderr
+    );
     if is_root() {
         // Readable by its owner only: nobody cannot open it.
         let img = public_vmm().parent().unwrap().join("private.img");

@@ -26,6 +26,7 @@
 
 /* Feature bits (§5.2.3) */
 #define F_BLK_RO 5
+#define F_BLK_SIZE 6
 #define F_BLK_FLUSH 9
 
 /* Block requests (§5.2.6) */
@@ -199,6 +200,11 @@ static void blk_init(const char *cmdline)
     print("blk: capacity ");
     print_u64(capacity);
     print(" sectors\n");
+    if (offered & (1u << F_BLK_SIZE)) {
+        print("blk: block size ");
+        print_dec(vdev_rd(&dev, VM_CONFIG + 20));
+        print("\n");
+    }
     print(read_only ? "blk: read-only\n" : "blk: read-write\n");
 }
 

@@ -45,6 +45,32 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SECTOR_SIZE: u64 = 512;
 /// `blk_size` in the configuration space (§5.2.4): the optimal I/O block size the guest uses.
 const BLK_SIZE: u32 = 512;
+
+/// The logical block size announced for `file` (`VIRTIO_BLK_F_BLK_SIZE`): a host block
+/// device's own (`BLKSSZGET`: a 4 KiB-sector device makes the guest use 4 KiB blocks, as it
+/// must), 512 bytes for a regular file.
+fn logical_block_size(file: &File) -> std::io::Result<u32> {
+    use std::os::unix::fs::FileTypeExt;
+    if !file.metadata()?.file_type().is_block_device() {
+        return Ok(BLK_SIZE);
+    }
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int into `size`, which lives across the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::BLKSSZGET,
+            &mut size,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u32::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two() && *s >= BLK_SIZE)
+        .ok_or_else(|| std::io::Error::other(format!("logical block size {size}")))
+}
 /// `seg_max` (§5.2.4): the most data segments in one request. A chain holds the header and
 /// the status besides; without indirect descriptors it must fit in the queue.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
@@ -217,11 +243,12 @@ impl Block {
             avail_features |= feature_bit(VIRTIO_BLK_F_RO);
         }
 
+        let blk_size = logical_block_size(&file).map_err(BlockError::Metadata)?;
         let mut config = [0u8; CONFIG_LEN];
         let fields: [(usize, &[u8]); 3] = [
             (CONFIG_CAPACITY, &capacity.to_le_bytes()),
             (CONFIG_SEG_MAX, &SEG_MAX.to_le_bytes()),
-            (CONFIG_BLK_SIZE, &BLK_SIZE.to_le_bytes()),
+            (CONFIG_BLK_SIZE, &blk_size.to_le_bytes()),
         ];
         for (offset, bytes) in fields {
             if let Some(dst) = config.get_mut(offset..offset + bytes.len()) {
