@@ -5,7 +5,7 @@
 //!   watcher thread waits for them on a `signalfd`. One that comes ends vmm at once with exit
 //!   code 0, whatever step the main thread is blocked in (a vhost-user socket that never
 //!   accepts, a slow file system): the watcher removes the files set-up made so far
-//!   ([`remove_on_setup_stop`]: socket files, private directories) and calls `_exit`; helper
+//!   ([`setup_files`]: socket files, private directories) and calls `_exit`; helper
 //!   processes die with vmm (`PR_SET_PDEATHSIG`), and the kernel closes everything else.
 //! - Once the event loop runs they are an event on it: signal-hook's handler records which
 //!   signal came and writes a byte to a socket whose other end the event loop polls, and the
@@ -85,17 +85,29 @@ pub fn hold() -> io::Result<()> {
     Ok(())
 }
 
-/// Records `path` (a file or an empty directory set-up just made) for removal if a stop
-/// signal ends set-up. Nothing happens outside set-up.
-pub fn remove_on_setup_stop(path: &Path) {
-    if SETUP_DONE
+/// What set-up makes, recorded for removal if a stop signal ends set-up: hold it while making
+/// the files ([`SetupFiles::record`] each), so that the watcher, which takes the same lock
+/// before it removes anything and keeps it until vmm has ended, never misses one that is being
+/// made. Outside set-up it records nothing.
+pub struct SetupFiles(Option<std::sync::MutexGuard<'static, Vec<PathBuf>>>);
+
+impl SetupFiles {
+    /// `path` (a file, or an empty directory) is made under this guard; recorded before or
+    /// after it is made, it is removed in reverse order.
+    pub fn record(&mut self, path: &Path) {
+        if let Some(files) = self.0.as_mut() {
+            files.push(path.to_owned());
+        }
+    }
+}
+
+/// The guard under which set-up makes its files ([`SetupFiles`]).
+pub fn setup_files() -> SetupFiles {
+    let in_setup = SETUP_DONE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .is_some()
-    {
-        let mut files = SETUP_FILES.lock().unwrap_or_else(|e| e.into_inner());
-        files.push(path.to_owned());
-    }
+        .is_some();
+    SetupFiles(in_setup.then(|| SETUP_FILES.lock().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// Set-up is over: the watcher goes, and SIGINT and SIGTERM are unblocked on the calling
@@ -158,8 +170,10 @@ fn stop_during_setup(signal: i32) -> ! {
         libc::SIGINT => "SIGINT",
         _ => "SIGTERM",
     };
-    eprintln!("vmm: {name} during set-up; stopping");
+    // Held until the end: set-up makes no file meanwhile (it waits for this lock), and one it
+    // is making now is recorded before this thread gets it.
     let files = SETUP_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!("vmm: {name} during set-up; stopping");
     for path in files.iter().rev() {
         if std::fs::remove_file(path).is_err() {
             let _ = std::fs::remove_dir(path);

@@ -93,11 +93,14 @@ pub fn connect(socket: &Path) -> Result<UnixStream, Error> {
 pub fn start(dir: &Path, read_only: bool) -> Result<(Virtiofsd, UnixStream), Error> {
     std::fs::read_dir(dir).map_err(|e| Error::Dir(dir.to_path_buf(), e))?;
     let binary = find()?;
+    // Removed, socket then directory, if a stop signal ends set-up (virtiofsd itself dies
+    // with vmm).
+    let mut setup_files = crate::signals::setup_files();
     let socket_dir = socket_dir().map_err(Error::SocketDir)?;
     let socket = socket_dir.join("fs.sock");
-    // Removed in this order if a stop signal ends set-up (virtiofsd itself dies with vmm).
-    crate::signals::remove_on_setup_stop(&socket_dir);
-    crate::signals::remove_on_setup_stop(&socket);
+    setup_files.record(&socket_dir);
+    setup_files.record(&socket);
+    drop(setup_files);
     let started = spawn(&binary, dir, read_only, &socket).and_then(|child| {
         let virtiofsd = Virtiofsd { child };
         wait_and_connect(virtiofsd, &socket)

@@ -159,13 +159,15 @@ pub fn bind(option: &'static str, path: &Path) -> Result<(UnixListener, SocketFi
     // bind(2) creates the file with mode 0777 & ~umask: a umask of 0177 makes it 0600 from
     // the start, with no moment at which another user could connect. The umask is the
     // process's: the only other threads that may run now (vCPUs) create no files.
-    // Recorded first: a stop signal right after the bind finds it on the list.
-    crate::signals::remove_on_setup_stop(path);
+    // Made under set-up's file guard: a stop signal during set-up removes it.
+    let mut setup_files = crate::signals::setup_files();
+    setup_files.record(path);
     // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
     let old = unsafe { libc::umask(0o177) };
     let listener = UnixListener::bind(path);
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
+    drop(setup_files);
     let listener = listener.map_err(bind_err)?;
     let meta = std::fs::symlink_metadata(path).map_err(bind_err)?;
     let file = SocketFile {
