@@ -44,6 +44,18 @@ fn blk_args(extra: &[&str], cmdline: &str) -> Vec<String> {
     v
 }
 
+/// Each of `lines` is a whole line of the guest's output.
+fn assert_lines(run: &common::Run, lines: &[&str]) {
+    let out = run.stdout_str();
+    for line in lines {
+        assert!(
+            out.lines().any(|l| l == *line),
+            "missing {line:?} in:\n{out}\n{}",
+            run.stderr
+        );
+    }
+}
+
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -62,23 +74,20 @@ fn guest_writes_flushes_and_reads_back() {
     // The VMM put the root disk and the device on the command line.
     assert!(out.contains("root=/dev/vda rw"), "{out}");
     assert!(out.contains("virtio_mmio.device=4K@0xd0000000:5"), "{out}");
-    for line in [
-        "blk: capacity 8192 sectors",
-        "blk: read-write",
-        "blk: write status 0",
-        "blk: flush status 0",
-        "blk: read status 0",
-        "blk: verify ok",
-        "blk: past-end status 1",
-        "blk: unknown-type status 2",
-        "blk: done",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "missing {line:?} in:\n{out}\n{}",
-            run.stderr
-        );
-    }
+    assert_lines(
+        &run,
+        &[
+            "blk: capacity 8192 sectors",
+            "blk: read-write",
+            "blk: write status 0",
+            "blk: flush status 0",
+            "blk: read status 0",
+            "blk: verify ok",
+            "blk: past-end status 1",
+            "blk: unknown-type status 2",
+            "blk: done",
+        ],
+    );
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
     let data = std::fs::read(&img).unwrap();
     let start = 100 * 512;
@@ -107,18 +116,15 @@ fn read_only_disk_refuses_writes() {
     let run = run_vmm(&refs(&a), b"", LIMIT);
     let out = run.stdout_str();
     assert!(!run.timed_out, "{out}\n{}", run.stderr);
-    for line in [
-        "blk: read-only",
-        "blk: id vmm-ro-disk",
-        "blk: write status 1",
-        "blk: done",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "missing {line:?} in:\n{out}\n{}",
-            run.stderr
-        );
-    }
+    assert_lines(
+        &run,
+        &[
+            "blk: read-only",
+            "blk: id vmm-ro-disk",
+            "blk: write status 1",
+            "blk: done",
+        ],
+    );
     assert!(
         !out.contains("root=/dev/vda"),
         "--drive is not the root disk: {out}"
@@ -262,11 +268,7 @@ fn a_guest_that_floods_a_queue_does_not_starve_the_vmm() {
 fn a_jailed_vmm_serves_its_guests_disk() {
     use std::os::unix::fs::MetadataExt;
     let img = disk("blk-jail.img");
-    let dir = common::scratch(&format!("jail-blk-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    // The jail's user makes the API socket in it.
-    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let dir = common::jail_dir("jail-blk");
     let jail = dir.display().to_string();
     let a = blk_args(
         &[
@@ -326,21 +328,17 @@ fn a_loop_block_device_with_4k_sectors_is_a_drive() {
     );
     let run = run_vmm(&refs(&a), b"", LIMIT);
     let detached = Command::new("losetup").args(["-d", &device]).status();
-    let out = run.stdout_str();
-    for line in [
-        "blk: capacity 8192 sectors",
-        "blk: block size 4096",
-        "blk: write status 0",
-        "blk: flush status 0",
-        "blk: verify ok",
-        "blk: done",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "missing {line:?} in:\n{out}\n{}",
-            run.stderr
-        );
-    }
+    assert_lines(
+        &run,
+        &[
+            "blk: capacity 8192 sectors",
+            "blk: block size 4096",
+            "blk: write status 0",
+            "blk: flush status 0",
+            "blk: verify ok",
+            "blk: done",
+        ],
+    );
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
     assert!(detached.unwrap().success());
     let data = std::fs::read(&img).unwrap();

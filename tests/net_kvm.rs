@@ -137,9 +137,7 @@ fn frames_cross_the_tap_both_ways() {
 )]
 fn a_jailed_vmm_is_unprivileged_in_its_directory_and_its_guest_uses_the_network() {
     use std::os::unix::fs::MetadataExt;
-    let dir = common::scratch(&format!("jail-net-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::jail_dir("jail-net");
     std::fs::write(dir.join("jail-marker"), b"inside").unwrap();
     let jail = dir.display().to_string();
     frames_cross("jailnet", &["--jail", &jail], |pid| {

@@ -522,10 +522,7 @@ fn clones_restored_with_their_own_disks_write_their_own_images() {
 fn a_jailed_restore_goes_on_and_writes_its_snapshots_inside_the_jail() {
     use std::os::unix::fs::MetadataExt;
     let dir = snapshot_dir("jailed");
-    let jail = common::scratch(&format!("snapshot-jail-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&jail);
-    std::fs::create_dir_all(&jail).unwrap();
-    std::os::unix::fs::chown(&jail, Some(65534), Some(65534)).unwrap();
+    let jail = common::jail_dir("snapshot-jail");
     let uds1 = jail.join("v1.sock");
     let sock = socket_path("jailed");
     let mut vm = ApiVm::spawn(

@@ -104,8 +104,8 @@ pub struct Filters {
     vcpu: BpfProgram,
 }
 
-fn program(kind: ThreadKind, syscalls: &[i64]) -> Result<BpfProgram, Error> {
-    let rules = rules::for_thread(kind, syscalls)?;
+fn program(kind: ThreadKind, syscalls: &[i64], kick_signal: i32) -> Result<BpfProgram, Error> {
+    let rules = rules::for_thread(kind, syscalls, kick_signal)?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -116,11 +116,12 @@ fn program(kind: ThreadKind, syscalls: &[i64]) -> Result<BpfProgram, Error> {
 }
 
 impl Filters {
-    /// Compiles both lists.
-    pub fn new() -> Result<Self, Error> {
+    /// Compiles both lists; `kick_signal` is the one signal (besides `SIGABRT`) the main
+    /// thread may send its vCPU threads.
+    pub fn new(kick_signal: i32) -> Result<Self, Error> {
         Ok(Filters {
-            main: program(ThreadKind::Main, MAIN_SYSCALLS)?,
-            vcpu: program(ThreadKind::Vcpu, VCPU_SYSCALLS)?,
+            main: program(ThreadKind::Main, MAIN_SYSCALLS, kick_signal)?,
+            vcpu: program(ThreadKind::Vcpu, VCPU_SYSCALLS, kick_signal)?,
         })
     }
 
@@ -368,6 +369,6 @@ mod tests {
 
     #[test]
     fn both_filters_compile() {
-        Filters::new().unwrap();
+        Filters::new(libc::SIGRTMIN()).unwrap();
     }
 }

@@ -127,12 +127,13 @@ fn without(arg: u8, mask: u64) -> Result<Vec<SeccompRule>, Error> {
 }
 
 /// The rules of `kind`'s thread: each call of `syscalls` is allowed with any arguments, except
-/// those given rules here.
+/// those given rules here. `kick_signal` is the signal the main thread sends the vCPU threads.
 pub(super) fn for_thread(
     kind: ThreadKind,
     syscalls: &[i64],
+    kick_signal: i32,
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
-    let kick = super::super::vcpu::kick_signal() as u64;
+    let kick = kick_signal as u64;
     let fcntl_cmds = [
         libc::F_GETFD,
         libc::F_SETFD,

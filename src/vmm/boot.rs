@@ -47,6 +47,10 @@ impl Vmm {
     pub fn boot(config: &VmConfig) -> Result<Vmm, Error> {
         // 1. The user's values and files.
         check_config(config)?;
+        let jail_paths = match &config.jail {
+            Some(jail) => virtio::jail_paths(&config.devices, jail)?,
+            None => Vec::new(),
+        };
         let Inputs {
             kernel: mut kernel_file,
             initrd: initrd_file,
@@ -58,7 +62,7 @@ impl Vmm {
         // Everything is open: with --jail, vmm shuts itself in before it maps guest memory or
         // starts a thread.
         if let Some(jail) = &config.jail {
-            enter_jail(jail, &mut device_files)?;
+            enter_jail(jail, jail_paths, &mut device_files)?;
         }
 
         // 2. Guest memory.
@@ -233,11 +237,6 @@ fn open(path: &Path) -> io::Result<File> {
 fn check_config(config: &VmConfig) -> Result<(), Error> {
     if let Some(jail) = &config.jail {
         crate::jail::check(jail)?;
-        for device in &config.devices {
-            if let VirtioConfig::Vsock(vsock) = device {
-                crate::jail::inside(jail, "--vsock uds", &vsock.uds)?;
-            }
-        }
     }
     if config.cpus > u16::from(mptable::MAX_SUPPORTED_CPUS) {
         return Err(Error::TooManyCpusForMpTable {
@@ -380,12 +379,12 @@ pub(super) fn create_vm(kvm: Kvm, mem: &GuestMemoryMmap, cpus: u16) -> Result<Vm
 }
 
 /// `--jail`: shuts vmm in (everything it was given is open by now) and tells the devices
-/// where their sockets are from inside.
+/// where their sockets are from inside (`paths`, from [`virtio::jail_paths`]).
 pub(super) fn enter_jail(
     jail: &crate::jail::JailConfig,
+    paths: Vec<std::path::PathBuf>,
     devices: &mut [virtio::Opened],
 ) -> Result<(), Error> {
-    let paths = virtio::jail_paths(devices, jail)?;
     let entered = crate::jail::enter(jail)?;
     virtio::move_into_jail(devices, paths);
     timeline::mark("jailed");
@@ -415,7 +414,7 @@ fn seccomp_filters(on: bool) -> Result<Option<Arc<crate::seccomp::Filters>>, Err
         return Ok(None);
     }
     crate::seccomp::register_handler()?;
-    let filters = Arc::new(crate::seccomp::Filters::new()?);
+    let filters = Arc::new(crate::seccomp::Filters::new(vcpu::kick_signal())?);
     timeline::mark("seccomp filters built");
     Ok(Some(filters))
 }

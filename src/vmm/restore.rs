@@ -71,20 +71,17 @@ impl Vmm {
             vsock.uds = uds.clone();
         }
         override_disks_and_taps(&mut saved.devices, config)?;
-        if let Some(jail) = &config.jail {
-            for device in &saved.devices {
-                if let VirtioConfig::Vsock(vsock) = device {
-                    crate::jail::inside(jail, "--vsock uds", &vsock.uds)?;
-                }
-            }
-        }
+        let jail_paths = match &config.jail {
+            Some(jail) => virtio::jail_paths(&saved.devices, jail)?,
+            None => Vec::new(),
+        };
         let mut device_files = virtio::open(&saved.devices, true)?;
         virtio::check_disks(&device_files, &saved_disks, !config.disks.is_empty())?;
         let kvm = crate::vm::open_kvm(&config.kvm_path)?;
         // Everything is open: with --jail, vmm shuts itself in before it maps guest memory or
         // starts a thread.
         if let Some(jail) = &config.jail {
-            enter_jail(jail, &mut device_files)?;
+            enter_jail(jail, jail_paths, &mut device_files)?;
         }
         let signal_evt = install_signal_handlers()?;
 

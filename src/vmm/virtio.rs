@@ -45,15 +45,16 @@ pub(super) enum Helper {
     SocketFile(#[allow(dead_code, reason = "held only to be dropped")] SocketFile),
 }
 
-/// For `--jail`: where each vsock device's socket (bound at a host path inside DIR) is from
-/// inside the jail, in device order; computed before vmm enters it.
+/// For `--jail`: where each vsock device's socket (given as a host path inside DIR) is from
+/// inside the jail, in device order. Worked out before anything is opened: a path outside DIR
+/// is a usage error.
 pub(super) fn jail_paths(
-    opened: &[Opened],
+    configs: &[VirtioConfig],
     jail: &crate::jail::JailConfig,
 ) -> Result<Vec<std::path::PathBuf>, Error> {
     let mut paths = Vec::new();
-    for device in opened {
-        if let Opened::Vsock(vsock, ..) = device {
+    for config in configs {
+        if let VirtioConfig::Vsock(vsock) = config {
             paths.push(crate::jail::inside(jail, "--vsock uds", &vsock.uds)?);
         }
     }

@@ -63,6 +63,16 @@ pub fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A fresh, empty directory for `--jail`, owned by the jail's default user (65534) so that
+/// the jailed vmm can make its API socket and snapshots in it.
+pub fn jail_dir(name: &str) -> PathBuf {
+    let dir = scratch(&format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    dir
+}
+
 /// The virtiofsd the tests give vmm: `$VMM_VIRTIOFSD`, else the first on `PATH`, else
 /// `~/.cargo/bin/virtiofsd`; where there is none, `resources/install-deps.sh` installs it
 /// (once per test process, as the other resources/ scripts install what they need).
