@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use vmm_sys_util::eventfd::EventFd;
+
 /// The last SIGINT/SIGTERM received (0 for none).
 static LAST_SIGNAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -53,7 +55,7 @@ impl std::os::fd::AsRawFd for SignalEvent {
 /// Files set-up made, removed by a stop signal that comes before [`release`].
 static SETUP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// The set-up watcher while it runs, and the eventfd that tells it set-up is over.
-static SETUP_DONE: Mutex<Option<(OwnedFd, std::thread::JoinHandle<()>)>> = Mutex::new(None);
+static SETUP_DONE: Mutex<Option<(EventFd, std::thread::JoinHandle<()>)>> = Mutex::new(None);
 
 /// Blocks SIGINT and SIGTERM on the calling thread, and so on every thread it starts
 /// afterwards, and starts the set-up watcher: called first thing in `main`. A stop signal
@@ -70,13 +72,7 @@ pub fn hold() -> io::Result<()> {
     }
     // SAFETY: a new descriptor nothing else owns.
     let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
-    // SAFETY: eventfd with constant flags; the result is checked.
-    let done = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if done < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let done = unsafe { OwnedFd::from_raw_fd(done) };
+    let done = EventFd::new(libc::EFD_CLOEXEC)?;
     let watched = done.try_clone()?;
     let watcher = std::thread::Builder::new()
         .name("vmm-setup".into())
@@ -118,10 +114,9 @@ pub fn release() -> io::Result<()> {
         // The watcher sees this before a signal it has not read yet (which then stays pending
         // for the event loop) and returns; or it has read one already and is ending vmm, with
         // the files recorded so far: this thread waits for either.
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: an 8-byte write from a valid buffer to the eventfd.
-        unsafe { libc::write(done.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-        let _ = watcher.join();
+        if done.write(1).is_ok() {
+            let _ = watcher.join();
+        }
     }
     SETUP_FILES
         .lock()
@@ -131,7 +126,7 @@ pub fn release() -> io::Result<()> {
 }
 
 /// The watcher thread: waits for a stop signal or the end of set-up.
-fn watch_setup(sfd: OwnedFd, done: OwnedFd) {
+fn watch_setup(sfd: OwnedFd, done: EventFd) {
     loop {
         let mut fds = [
             libc::pollfd {
